@@ -1,0 +1,406 @@
+//! Configuration: the TOML file's structs, their documented defaults, validation, and the
+//! compilation of rule entries into [`Rule`]s. Every section denies unknown fields, so a typo is
+//! an error rather than a silently ignored setting.
+//!
+//! ```toml
+//! [engine]
+//! lateness = "0s"         # watermark = max(date_create seen) - lateness (DESIGN 3)
+//! dedup_horizon = "1d"    # how long an entry id is remembered to drop API re-sends
+//!
+//! [[rules]]               # overrides the built-in rule of the same reason field by field
+//! reason = "excessive_downloads"
+//! multiplier = 4.0
+//!
+//! [[rules]]               # a new rule: `actions` is required
+//! reason = "unexpected_scraping"
+//! actions = ["file_downloaded", "file_previewed"]
+//! ```
+
+use crate::model::{Eval, GroupBy, Rule};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// Errors reading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("rule {reason}: {message}")]
+    Rule { reason: String, message: String },
+    #[error("engine: {0}")]
+    Engine(String),
+}
+
+/// The whole configuration file. Every field has a default, so an empty file is valid.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub engine: EngineConfig,
+    /// Rule entries, merged by `reason` over the built-in rules (see [`RuleConfig`]).
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `[engine]`: how the dataflow is clocked.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// How far behind the newest `date_create` the watermark trails. Default: 0 s for replay
+    /// (the whole input is sorted first, so nothing is late); live sources use 5 s.
+    #[serde(with = "humantime_serde_compat", default = "default_lateness")]
+    pub lateness: Duration,
+    /// How long an entry id is remembered, in event time, to drop the API's re-sends. Default 1 d.
+    #[serde(with = "humantime_serde_compat", default = "default_dedup_horizon")]
+    pub dedup_horizon: Duration,
+}
+
+fn default_lateness() -> Duration {
+    Duration::ZERO
+}
+fn default_dedup_horizon() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            lateness: default_lateness(),
+            dedup_horizon: default_dedup_horizon(),
+        }
+    }
+}
+
+/// One `[[rules]]` entry. For a built-in reason, every omitted field keeps the built-in value;
+/// for a new reason, `actions` is required and the other fields take the generic defaults
+/// (window 1h, history 14d, quantile 0.99, multiplier 3.0, floor 0, min_samples 50,
+/// default_threshold 200, group_by user).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The anomaly reason, which names the rule.
+    pub reason: String,
+    /// `false` removes the rule (built-in or not). Default true.
+    pub enabled: Option<bool>,
+    /// Slack audit actions counted by the rule.
+    pub actions: Option<Vec<String>>,
+    /// Window W, for example "1h"; also the width of baseline buckets.
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub window: Option<Duration>,
+    /// History H over which baselines are learnt, for example "14d".
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub history: Option<Duration>,
+    /// q in (0, 1]: the nearest-rank quantile of the baseline samples.
+    pub quantile: Option<f64>,
+    /// m > 0: the threshold is m x Q_q(B).
+    pub multiplier: Option<f64>,
+    /// f: the lowest dynamic threshold.
+    pub floor: Option<u64>,
+    /// s: baseline samples needed before the dynamic threshold applies.
+    pub min_samples: Option<u64>,
+    /// d: the threshold while the baseline is too small.
+    pub default_threshold: Option<u64>,
+    /// "user" (default), "ip" or "session".
+    pub group_by: Option<GroupBy>,
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 86_400;
+
+/// The built-in rules of DESIGN 4.1.
+pub fn default_rules() -> Vec<Rule> {
+    let eval = |floor| Eval {
+        quantile_ppm: 990_000,
+        multiplier_milli: 3000,
+        floor,
+        min_samples: 50,
+        default_threshold: 200,
+    };
+    let rule = |reason: &str, actions: &[&str], floor, group_by| Rule {
+        reason: reason.to_string(),
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+        window: HOUR,
+        history: 14 * DAY,
+        group_by,
+        eval: eval(floor),
+    };
+    vec![
+        rule(
+            "excessive_downloads",
+            &["file_downloaded"],
+            50,
+            GroupBy::User,
+        ),
+        rule(
+            "excessive_file_shares",
+            &["file_shared", "file_public_link_created"],
+            30,
+            GroupBy::User,
+        ),
+        rule(
+            "unexpected_credential_testing",
+            &["user_login_failed"],
+            20,
+            GroupBy::Ip,
+        ),
+        rule("unexpected_api_call_volume", &[], 0, GroupBy::User),
+        rule("unexpected_scraping", &[], 0, GroupBy::User),
+    ]
+}
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        config.rules()?;
+        Ok(config)
+    }
+
+    /// The rule set: built-in rules with the file's entries merged over them by reason.
+    pub fn rules(&self) -> Result<Vec<Rule>, ConfigError> {
+        let mut rules: BTreeMap<String, Rule> = default_rules()
+            .into_iter()
+            .map(|r| (r.reason.clone(), r))
+            .collect();
+        let mut seen = BTreeSet::new();
+        for entry in &self.rules {
+            let err = |message: String| ConfigError::Rule {
+                reason: entry.reason.clone(),
+                message,
+            };
+            if entry.reason.trim().is_empty() {
+                return Err(err("reason must not be empty".into()));
+            }
+            if !seen.insert(entry.reason.clone()) {
+                return Err(err("listed twice".into()));
+            }
+            if entry.enabled == Some(false) {
+                rules.remove(&entry.reason);
+                continue;
+            }
+            let base = match rules.get(&entry.reason) {
+                Some(rule) => rule.clone(),
+                None => {
+                    if entry.actions.is_none() {
+                        return Err(err("a new rule needs `actions`".into()));
+                    }
+                    Rule {
+                        reason: entry.reason.clone(),
+                        actions: BTreeSet::new(),
+                        window: HOUR,
+                        history: 14 * DAY,
+                        group_by: GroupBy::User,
+                        eval: Eval {
+                            quantile_ppm: 990_000,
+                            multiplier_milli: 3000,
+                            floor: 0,
+                            min_samples: 50,
+                            default_threshold: 200,
+                        },
+                    }
+                }
+            };
+            rules.insert(entry.reason.clone(), entry.apply(base).map_err(err)?);
+        }
+        Ok(rules.into_values().collect())
+    }
+}
+
+impl RuleConfig {
+    fn apply(&self, mut rule: Rule) -> Result<Rule, String> {
+        if let Some(actions) = &self.actions {
+            rule.actions = actions.iter().cloned().collect();
+        }
+        if let Some(w) = self.window {
+            rule.window = whole_seconds(w, "window")?;
+        }
+        if let Some(h) = self.history {
+            rule.history = whole_seconds(h, "history")?;
+        }
+        if rule.window == 0 {
+            return Err("window must be at least 1s".into());
+        }
+        if rule.history < rule.window {
+            return Err("history must be at least one window".into());
+        }
+        if let Some(q) = self.quantile {
+            if !(q > 0.0 && q <= 1.0) {
+                return Err(format!("quantile must be in (0, 1], got {q}"));
+            }
+            rule.eval.quantile_ppm = (q * 1_000_000.0).round() as u32;
+        }
+        if let Some(m) = self.multiplier {
+            if !(m > 0.0 && m <= 1_000_000.0) {
+                return Err(format!("multiplier must be in (0, 1e6], got {m}"));
+            }
+            rule.eval.multiplier_milli = (m * 1000.0).round() as u64;
+        }
+        if let Some(f) = self.floor {
+            rule.eval.floor = f;
+        }
+        if let Some(s) = self.min_samples {
+            rule.eval.min_samples = s;
+        }
+        if let Some(d) = self.default_threshold {
+            rule.eval.default_threshold = d;
+        }
+        if let Some(g) = self.group_by {
+            rule.group_by = g;
+        }
+        Ok(rule)
+    }
+}
+
+fn whole_seconds(d: Duration, what: &str) -> Result<u64, String> {
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{what} must be whole seconds"));
+    }
+    Ok(d.as_secs())
+}
+
+/// Durations in TOML as humantime strings ("90s", "1h", "14d") or integer seconds.
+mod humantime_serde_compat {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+
+    fn convert<E: de::Error>(raw: Raw) -> Result<Duration, E> {
+        match raw {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => humantime::parse_duration(&t)
+                .map_err(|e| E::custom(format!("bad duration {t:?}: {e}"))),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        convert(Raw::deserialize(d)?)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+
+    pub mod option {
+        use super::*;
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<Raw>::deserialize(d)?.map(convert).transpose()
+        }
+        pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_gives_the_builtin_rules() {
+        let c: Config = toml::from_str("").unwrap();
+        let rules = c.rules().unwrap();
+        assert_eq!(rules.len(), 5);
+        let dl = rules
+            .iter()
+            .find(|r| r.reason == "excessive_downloads")
+            .unwrap();
+        assert_eq!(dl.window, 3600);
+        assert_eq!(dl.history, 14 * 86_400);
+        assert_eq!(dl.eval.floor, 50);
+        assert_eq!(dl.eval.quantile_ppm, 990_000);
+        let cred = rules
+            .iter()
+            .find(|r| r.reason == "unexpected_credential_testing")
+            .unwrap();
+        assert_eq!(cred.group_by, GroupBy::Ip);
+    }
+
+    #[test]
+    fn entries_merge_over_builtins_and_add_rules() {
+        let c: Config = toml::from_str(
+            r#"
+            [engine]
+            lateness = "5s"
+            [[rules]]
+            reason = "excessive_downloads"
+            multiplier = 2.5
+            window = "30m"
+            [[rules]]
+            reason = "unexpected_api_call_volume"
+            enabled = false
+            [[rules]]
+            reason = "mass_channel_export"
+            actions = ["channel_exported"]
+            history = 604800
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.engine.lateness, Duration::from_secs(5));
+        let rules = c.rules().unwrap();
+        let dl = rules
+            .iter()
+            .find(|r| r.reason == "excessive_downloads")
+            .unwrap();
+        assert_eq!(dl.eval.multiplier_milli, 2500);
+        assert_eq!(dl.window, 1800);
+        assert_eq!(dl.eval.floor, 50, "unset fields keep the built-in value");
+        assert!(!rules
+            .iter()
+            .any(|r| r.reason == "unexpected_api_call_volume"));
+        let new = rules
+            .iter()
+            .find(|r| r.reason == "mass_channel_export")
+            .unwrap();
+        assert_eq!(new.history, 7 * 86_400);
+        assert_eq!(new.eval.default_threshold, 200);
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let unknown = toml::from_str::<Config>("[engine]\nlatenes = \"5s\"");
+        assert!(unknown.unwrap_err().to_string().contains("unknown field"));
+        let c: Config = toml::from_str("[[rules]]\nreason = \"x\"\n").unwrap();
+        assert!(c
+            .rules()
+            .unwrap_err()
+            .to_string()
+            .contains("needs `actions`"));
+        let c: Config =
+            toml::from_str("[[rules]]\nreason = \"excessive_downloads\"\nquantile = 1.5\n")
+                .unwrap();
+        assert!(c.rules().unwrap_err().to_string().contains("quantile"));
+        let c: Config = toml::from_str(
+            "[[rules]]\nreason = \"excessive_downloads\"\nwindow = \"2h\"\nhistory = \"1h\"\n",
+        )
+        .unwrap();
+        assert!(c.rules().unwrap_err().to_string().contains("history"));
+        let bad = toml::from_str::<Config>("[engine]\nlateness = \"soon\"");
+        assert!(bad.unwrap_err().to_string().contains("bad duration"));
+    }
+}

@@ -1,0 +1,129 @@
+//! Generic operators the aer graph is built from, beyond what differential-dataflow provides:
+//! a delay whose target time depends on the record (rules carry their own window and history),
+//! and a binary operator that processes each time in order once both inputs have passed it (the
+//! pattern for deterministic stateful stages such as rule matching and episode detection).
+
+use differential_dataflow::difference::Semigroup;
+use differential_dataflow::{AsCollection, VecCollection};
+use std::collections::BTreeMap;
+use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
+
+use crate::model::Time;
+
+/// Moves every update to `f(record, time)`, which must be at least `time`.
+///
+/// `f` may read the record, so each record can carry its own window or history. Updates are
+/// sent grouped by their new time, under one capability per time.
+pub fn delay_by<'s, D, R, F>(
+    collection: VecCollection<'s, Time, D, R>,
+    name: &str,
+    f: F,
+) -> VecCollection<'s, Time, D, R>
+where
+    D: differential_dataflow::Data,
+    R: Semigroup + 'static,
+    F: Fn(&D, Time) -> Time + 'static,
+{
+    let mut buffer: Vec<(D, Time, R)> = Vec::new();
+    collection
+        .inner
+        .unary(Pipeline, name, move |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        buffer.extend(batch.drain(..).map(|(d, t, r)| {
+                            let to = f(&d, t);
+                            debug_assert!(to >= t, "delay_by moves time backwards");
+                            (d, to.max(t), r)
+                        }));
+                    }
+                    buffer.sort_by_key(|(_, t, _)| *t);
+                    while let Some(last) = buffer.last() {
+                        let time = last.1;
+                        let start = buffer.partition_point(|(_, t, _)| *t < time);
+                        let mut group = buffer.split_off(start);
+                        let cap = cap.delayed(&time, output.output_index());
+                        output.session(&cap).give_container(&mut group);
+                    }
+                });
+            }
+        })
+        .as_collection()
+}
+
+/// What [`ordered_binary`] hands its logic for one time: the updates of each input at that time.
+pub struct AtTime<D1, R1, D2, R2> {
+    pub time: Time,
+    pub left: Vec<(D1, R1)>,
+    pub right: Vec<(D2, R2)>,
+}
+
+type Pending<D1, R1, D2, R2> = BTreeMap<Time, (Capability<Time>, Vec<(D1, R1)>, Vec<(D2, R2)>)>;
+
+/// A binary operator over two update streams that calls `logic` once per time that has data, in
+/// increasing time order, only after both input frontiers have passed that time. Its output for a
+/// time is therefore a deterministic function of the complete inputs up to that time, whatever the
+/// batching, the worker count or the arrival order of messages.
+pub fn ordered_binary<'s, D1, R1, D2, R2, O, P1, P2, L>(
+    left: Stream<'s, Time, Vec<(D1, Time, R1)>>,
+    right: Stream<'s, Time, Vec<(D2, Time, R2)>>,
+    pact_left: P1,
+    pact_right: P2,
+    name: &str,
+    mut logic: L,
+) -> Stream<'s, Time, Vec<O>>
+where
+    D1: Clone + 'static,
+    R1: Clone + 'static,
+    D2: Clone + 'static,
+    R2: Clone + 'static,
+    O: Clone + 'static,
+    P1: ParallelizationContract<Time, Vec<(D1, Time, R1)>>,
+    P2: ParallelizationContract<Time, Vec<(D2, Time, R2)>>,
+    L: FnMut(AtTime<D1, R1, D2, R2>, &mut Vec<O>) + 'static,
+{
+    left.binary_frontier(right, pact_left, pact_right, name, move |_, _| {
+        let mut pending: Pending<D1, R1, D2, R2> = BTreeMap::new();
+        let mut produced: Vec<O> = Vec::new();
+        move |(in_left, frontier_left), (in_right, frontier_right), output| {
+            let index = output.output_index();
+            in_left.for_each_stamp(|cap, data| {
+                for batch in data {
+                    for (d, t, r) in batch.drain(..) {
+                        pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, index), Vec::new(), Vec::new()))
+                            .1
+                            .push((d, r));
+                    }
+                }
+            });
+            in_right.for_each_stamp(|cap, data| {
+                for batch in data {
+                    for (d, t, r) in batch.drain(..) {
+                        pending
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, index), Vec::new(), Vec::new()))
+                            .2
+                            .push((d, r));
+                    }
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier_left.less_equal(&time) || frontier_right.less_equal(&time) {
+                    break;
+                }
+                let (cap, left, right) = entry.remove();
+                logic(AtTime { time, left, right }, &mut produced);
+                if !produced.is_empty() {
+                    output.session(&cap).give_container(&mut produced);
+                    produced.clear();
+                }
+            }
+        }
+    })
+}

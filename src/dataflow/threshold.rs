@@ -1,0 +1,341 @@
+//! Threshold rules with per-enterprise dynamic thresholds (DESIGN 4.1) as differential dataflow:
+//! events are matched against the rules collection as they are processed, kept in sliding windows
+//! and in baseline buckets that enter at their close and leave after the history, the baseline
+//! quantile is a reduce over (value, multiplicity) pairs, and episodes are the moments a key's
+//! membership in the "over threshold" collection begins.
+
+use differential_dataflow::difference::IsZero;
+use differential_dataflow::operators::CountTotal;
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::Stream;
+
+use super::ops::{delay_by, ordered_binary};
+use crate::model::{explain_threshold, Anomaly, Baseline, Event, Evidence, Rule, ShapeId, Time};
+
+/// A counting key: (enterprise, rule shape, group key).
+pub type CKey = (String, ShapeId, String);
+
+/// A matched event as the windows and baselines keep it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Counted {
+    /// The rule's window W and history H at match time (they belong to the shape).
+    pub window: u64,
+    pub history: u64,
+    /// The time the event was processed at.
+    pub time: Time,
+    pub id: String,
+    pub session: Option<String>,
+}
+
+/// A key over its threshold, with the numbers that put it there.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Over {
+    pub observed: u64,
+    pub threshold: u64,
+    pub baseline: Baseline,
+    pub rule: Rule,
+}
+
+/// Builds the threshold detectors over `events` and `rules`; returns the stream of anomalies,
+/// each at its `detected_at` time.
+pub fn detect<'s>(
+    events: VecCollection<'s, Time, Event, isize>,
+    rules: VecCollection<'s, Time, Rule, isize>,
+) -> Stream<'s, Time, Vec<Anomaly>> {
+    let matched = match_rules(events, rules.clone());
+
+    // Rule parameters by shape: a rule is in force while its shape has an entry here.
+    let params = rules
+        .map(|rule| (rule.shape(), rule))
+        .arrange_by_key_named("RuleParams");
+
+    // Live counts c(k, t): each counted event is present for [t, t + W).
+    let entering = matched.clone().map(|(key, c)| (key, c.window));
+    let leaving = delay_by(entering.clone().negate(), "WindowExpiry", |(_, w), t| t + w);
+    let counts = entering
+        .concat(leaving)
+        .map(|(key, _)| key)
+        .arrange_by_self_named("LiveWindow")
+        .count_total();
+
+    // Baseline buckets: the count of key k in bucket [bW, (b+1)W) is present for
+    // [(b+1)W, (b+1)W + H).
+    let bucketed = matched
+        .clone()
+        .map(|(key, c)| ((key, c.time / c.window), (c.window, c.history)));
+    let closed = delay_by(bucketed, "BucketClose", |((_, b), (w, _)), _| (b + 1) * w);
+    let expired = delay_by(closed.clone().negate(), "BucketExpiry", |(_, (_, h)), t| {
+        t + h
+    });
+    let bucket_counts = closed
+        .concat(expired)
+        .map(|(key_bucket, _)| key_bucket)
+        .arrange_by_self_named("BucketCounts")
+        .count_total();
+
+    // Per (enterprise, shape, rule in force): the samples' size and nearest-rank quantile.
+    let baselines = bucket_counts
+        .map(|(((enterprise, shape, _), _), n)| (shape, (enterprise, n as u64)))
+        .arrange_by_key_named("SamplesByShape")
+        .join_core(params.clone(), |shape, (enterprise, n), rule| {
+            Some(((enterprise.clone(), *shape, rule.clone()), *n))
+        })
+        .reduce_named("BaselineQuantile", |key, samples, out| {
+            let (_, _, rule) = key;
+            let total: isize = samples.iter().map(|(_, m)| *m).sum();
+            let total = total.max(0) as u64;
+            let rank = rule.eval.rank(total);
+            let mut seen = 0u64;
+            let mut quantile = None;
+            for (value, m) in samples {
+                seen += (*m).max(0) as u64;
+                if seen >= rank {
+                    quantile = Some(**value);
+                    break;
+                }
+            }
+            out.push((
+                Baseline {
+                    samples: total,
+                    quantile,
+                },
+                1isize,
+            ));
+        });
+
+    // Counts that could be over some threshold of their rule (no threshold is below
+    // min(floor, default)); everything else stops here.
+    let high = counts
+        .map(|(key, c)| (key.1, (key.0, key.2, c as u64)))
+        .arrange_by_key_named("CountsByShape")
+        .join_core(params, |shape, (enterprise, group, c), rule| {
+            (*c > rule.eval.lowest_threshold()).then(|| {
+                (
+                    (enterprise.clone(), *shape, rule.clone()),
+                    (group.clone(), *c),
+                )
+            })
+        });
+    let high_arranged = high.clone().arrange_by_key_named("HighCounts");
+    let baselines_arranged = baselines.clone().arrange_by_key_named("Baselines");
+    let over_dynamic = high_arranged.clone().join_core(
+        baselines_arranged,
+        |(enterprise, shape, rule), (group, c), baseline| {
+            let threshold = rule.eval.threshold(baseline);
+            (*c > threshold).then(|| {
+                (
+                    (enterprise.clone(), *shape, group.clone()),
+                    Over {
+                        observed: *c,
+                        threshold,
+                        baseline: baseline.clone(),
+                        rule: rule.clone(),
+                    },
+                )
+            })
+        },
+    );
+    // Keys whose (enterprise, rule) has no baseline samples at all use the default threshold.
+    let with_baseline = high_arranged.join_core(
+        baselines
+            .map(|(key, _)| key)
+            .arrange_by_self_named("BaselineKeys"),
+        |key, value, ()| Some((key.clone(), value.clone())),
+    );
+    let over_default =
+        high.concat(with_baseline.negate())
+            .flat_map(|((enterprise, shape, rule), (group, c))| {
+                let threshold = rule.eval.default_threshold;
+                (c > threshold).then(|| {
+                    (
+                        (enterprise, shape, group),
+                        Over {
+                            observed: c,
+                            threshold,
+                            baseline: Baseline {
+                                samples: 0,
+                                quantile: None,
+                            },
+                            rule,
+                        },
+                    )
+                })
+            });
+    let over = over_dynamic.concat(over_default);
+
+    episodes(over, matched)
+}
+
+/// Matches each event against the rules in force at its time (an as-of join): the rules
+/// collection is broadcast, and a time's events are matched once both inputs have passed it.
+fn match_rules<'s>(
+    events: VecCollection<'s, Time, Event, isize>,
+    rules: VecCollection<'s, Time, Rule, isize>,
+) -> VecCollection<'s, Time, (CKey, Counted), isize> {
+    let mut in_force: BTreeMap<Rule, isize> = BTreeMap::new();
+    let mut by_action: HashMap<String, Vec<(Rule, ShapeId)>> = HashMap::new();
+    ordered_binary(
+        events.inner,
+        rules.inner.broadcast(),
+        Pipeline,
+        Pipeline,
+        "MatchRules",
+        move |at, out| {
+            if !at.right.is_empty() {
+                for (rule, diff) in at.right {
+                    let entry = in_force.entry(rule.clone()).or_insert(0);
+                    *entry += diff;
+                    if *entry == 0 {
+                        in_force.remove(&rule);
+                    }
+                }
+                by_action.clear();
+                for rule in in_force.keys() {
+                    for action in &rule.actions {
+                        by_action
+                            .entry(action.clone())
+                            .or_default()
+                            .push((rule.clone(), rule.shape()));
+                    }
+                }
+            }
+            for (event, diff) in at.left {
+                let Some(rules) = by_action.get(&event.action) else {
+                    continue;
+                };
+                for (rule, shape) in rules {
+                    if let Some(group) = rule.group_by.key(&event) {
+                        let key = (event.enterprise.clone(), *shape, group.to_string());
+                        let counted = Counted {
+                            window: rule.window,
+                            history: rule.history,
+                            time: at.time,
+                            id: event.id.clone(),
+                            session: event.session.clone(),
+                        };
+                        out.push(((key, counted), at.time, diff));
+                    }
+                }
+            }
+        },
+    )
+    .as_collection()
+}
+
+/// Emits one anomaly per episode: at each time a key enters the "over" collection. Keeps, per key,
+/// the latest counted event (for the anomaly's session), evicted once outside the window.
+fn episodes<'s>(
+    over: VecCollection<'s, Time, (CKey, Over), isize>,
+    matched: VecCollection<'s, Time, (CKey, Counted), isize>,
+) -> Stream<'s, Time, Vec<Anomaly>> {
+    let mut present: HashMap<CKey, HashMap<Over, isize>> = HashMap::new();
+    let mut latest: HashMap<CKey, Counted> = HashMap::new();
+    let mut expiry: BTreeMap<Time, Vec<CKey>> = BTreeMap::new();
+    ordered_binary(
+        over.inner,
+        matched.inner,
+        Exchange::new(|(d, _, _): &((CKey, Over), Time, isize)| d.0.hashed()),
+        Exchange::new(|(d, _, _): &((CKey, Counted), Time, isize)| d.0.hashed()),
+        "EpisodeStart",
+        move |at, out| {
+            for ((key, counted), diff) in at.right {
+                if diff <= 0 {
+                    continue;
+                }
+                let newer = latest
+                    .get(&key)
+                    .is_none_or(|l| (l.time, &l.id) < (counted.time, &counted.id));
+                if newer {
+                    expiry
+                        .entry(counted.time + counted.window)
+                        .or_default()
+                        .push(key.clone());
+                    latest.insert(key, counted);
+                }
+            }
+            while let Some(entry) = expiry.first_entry() {
+                if *entry.key() > at.time {
+                    break;
+                }
+                for key in entry.remove() {
+                    if latest
+                        .get(&key)
+                        .is_some_and(|l| l.time + l.window <= at.time)
+                    {
+                        latest.remove(&key);
+                    }
+                }
+            }
+            let mut changed: BTreeMap<CKey, bool> = BTreeMap::new();
+            for ((key, over), diff) in at.left {
+                changed
+                    .entry(key.clone())
+                    .or_insert_with(|| present.get(&key).is_some_and(|m| !m.is_empty()));
+                let details = present.entry(key).or_default();
+                let count = details.entry(over.clone()).or_insert(0);
+                *count += diff;
+                if count.is_zero() {
+                    details.remove(&over);
+                }
+            }
+            for (key, was_over) in changed {
+                let details = present.get(&key);
+                let now = details.and_then(|m| m.iter().find(|(_, c)| **c > 0));
+                match now {
+                    Some((over, _)) if !was_over => {
+                        out.push(anomaly(&key, over, at.time, latest.get(&key)));
+                    }
+                    None => {
+                        present.remove(&key);
+                    }
+                    _ => {}
+                }
+            }
+        },
+    )
+}
+
+fn anomaly(key: &CKey, over: &Over, time: Time, latest: Option<&Counted>) -> Anomaly {
+    let (enterprise, _, group) = key;
+    if latest.is_none() {
+        tracing::error!(
+            enterprise,
+            key = group,
+            "over threshold with no counted event"
+        );
+    }
+    let session = latest.and_then(|l| l.session.clone());
+    Anomaly {
+        id: Anomaly::make_id(
+            enterprise,
+            group,
+            &over.rule.reason,
+            time,
+            session.as_deref(),
+        ),
+        enterprise: enterprise.clone(),
+        user: group.clone(),
+        reason: over.rule.reason.clone(),
+        detected_at: time,
+        session_id: session,
+        observed: over.observed,
+        threshold: over.threshold,
+        baseline: over.baseline.clone(),
+        evidence: Evidence {
+            group_by: over.rule.group_by,
+            window_secs: over.rule.window,
+            history_secs: over.rule.history,
+            latest_event_id: latest.map(|l| l.id.clone()).unwrap_or_default(),
+            explanation: explain_threshold(
+                &over.rule,
+                over.observed,
+                over.threshold,
+                &over.baseline,
+            ),
+        },
+    }
+}

@@ -1,0 +1,396 @@
+//! The Slack Audit Logs codec: turns one input line (an entry, or an API page of entries) into
+//! accepted [`Event`]s and [`Reject`]s. Nothing here panics on input; every line ends up either
+//! accepted or rejected with a reason (DESIGN 2).
+
+use crate::model::{Event, Time};
+use serde::{Deserialize, Serialize};
+
+/// Why a line (or a page entry) was rejected. The `as_str` names are the metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Not parseable JSON.
+    InvalidJson,
+    /// JSON, but not an object of the entry's shape (a field of the wrong type).
+    InvalidEntry,
+    MissingDateCreate,
+    /// `date_create` present but neither unix seconds nor a UTC date string.
+    BadDateCreate,
+    MissingAction,
+    MissingActorUser,
+    MissingLocation,
+}
+
+impl RejectReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::InvalidJson => "invalid_json",
+            RejectReason::InvalidEntry => "invalid_entry",
+            RejectReason::MissingDateCreate => "missing_date_create",
+            RejectReason::BadDateCreate => "bad_date_create",
+            RejectReason::MissingAction => "missing_action",
+            RejectReason::MissingActorUser => "missing_actor_user",
+            RejectReason::MissingLocation => "missing_location",
+        }
+    }
+}
+
+/// A rejected line, as written to `rejects.jsonl`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Reject {
+    /// The input it came from (a path, or `-` for stdin).
+    pub source: String,
+    /// 1-based line number in that input.
+    pub line: u64,
+    /// For an API page, the 0-based index of the entry in `entries`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry: Option<u64>,
+    pub reason: RejectReason,
+    pub detail: String,
+    /// The start of the offending text (at most 200 characters).
+    pub excerpt: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DateCreate {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOrNum {
+    Str(String),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+}
+
+impl StrOrNum {
+    fn into_string(self) -> String {
+        match self {
+            StrOrNum::Str(s) => s,
+            StrOrNum::Int(i) => i.to_string(),
+            StrOrNum::UInt(u) => u.to_string(),
+            StrOrNum::Float(f) => f.to_string(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RawUser {
+    #[serde(default)]
+    id: Option<StrOrNum>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawActor {
+    #[serde(default)]
+    user: Option<RawUser>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawLocation {
+    #[serde(default)]
+    id: Option<StrOrNum>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawContext {
+    #[serde(default)]
+    location: Option<RawLocation>,
+    #[serde(default)]
+    session_id: Option<StrOrNum>,
+    #[serde(default)]
+    ip_address: Option<String>,
+    #[serde(default)]
+    ua: Option<String>,
+}
+
+/// An entry, or an API page (`entries` set). Unknown fields are ignored, as DESIGN 2 says.
+#[derive(Deserialize)]
+struct RawLine {
+    #[serde(default)]
+    id: Option<StrOrNum>,
+    #[serde(default)]
+    date_create: Option<DateCreate>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    actor: Option<RawActor>,
+    #[serde(default)]
+    context: Option<RawContext>,
+    #[serde(default)]
+    entries: Option<Vec<Box<serde_json::value::RawValue>>>,
+}
+
+/// Parses `"2022-07-28 16:48:14"` (UTC; `T` instead of the space, fractional seconds and a
+/// trailing `Z` or RFC 3339 offset are accepted too) into unix seconds.
+pub fn parse_date(text: &str) -> Option<Time> {
+    use chrono::{DateTime, NaiveDateTime};
+    let t = text.trim();
+    let secs = if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        dt.timestamp()
+    } else {
+        let naive = t.strip_suffix('Z').unwrap_or(t);
+        ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(naive, f).ok())?
+            .and_utc()
+            .timestamp()
+    };
+    u64::try_from(secs).ok()
+}
+
+fn excerpt(text: &str) -> String {
+    text.chars().take(200).collect()
+}
+
+/// The id of an entry that has none: `h-` and a 128-bit hash of its text.
+pub fn derived_id(text: &str) -> String {
+    format!("h-{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+}
+
+/// Where a parsed line came from, for rejects.
+#[derive(Clone, Copy)]
+pub struct LineRef<'a> {
+    pub source: &'a str,
+    pub line: u64,
+}
+
+/// Decodes one line into `events` and `rejects`. Blank lines are neither.
+pub fn decode_line(
+    text: &str,
+    at: LineRef<'_>,
+    events: &mut Vec<Event>,
+    rejects: &mut Vec<Reject>,
+) {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return;
+    }
+    let reject = |reason, detail: String, entry: Option<u64>, body: &str| Reject {
+        source: at.source.to_string(),
+        line: at.line,
+        entry,
+        reason,
+        detail,
+        excerpt: excerpt(body),
+    };
+    let raw: RawLine = match serde_json::from_str(trimmed) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let reason = if e.is_data() {
+                RejectReason::InvalidEntry
+            } else {
+                RejectReason::InvalidJson
+            };
+            rejects.push(reject(reason, e.to_string(), None, trimmed));
+            return;
+        }
+    };
+    if let Some(entries) = raw.entries {
+        for (i, entry) in entries.iter().enumerate() {
+            let body = entry.get();
+            match serde_json::from_str::<RawLine>(body) {
+                Ok(raw) => match validate(raw, body) {
+                    Ok(ev) => events.push(ev),
+                    Err((reason, detail)) => {
+                        rejects.push(reject(reason, detail, Some(i as u64), body))
+                    }
+                },
+                Err(e) => rejects.push(reject(
+                    RejectReason::InvalidEntry,
+                    e.to_string(),
+                    Some(i as u64),
+                    body,
+                )),
+            }
+        }
+        return;
+    }
+    match validate(raw, trimmed) {
+        Ok(ev) => events.push(ev),
+        Err((reason, detail)) => rejects.push(reject(reason, detail, None, trimmed)),
+    }
+}
+
+fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
+    let time = match raw.date_create {
+        None => {
+            return Err((
+                RejectReason::MissingDateCreate,
+                "no date_create".to_string(),
+            ))
+        }
+        Some(DateCreate::Int(i)) => u64::try_from(i).map_err(|_| {
+            (
+                RejectReason::BadDateCreate,
+                format!("negative date_create {i}"),
+            )
+        })?,
+        Some(DateCreate::Float(f)) => {
+            if f.is_finite() && f >= 0.0 && f < 1e15 {
+                f.floor() as u64
+            } else {
+                return Err((
+                    RejectReason::BadDateCreate,
+                    format!("date_create {f} is not a time"),
+                ));
+            }
+        }
+        Some(DateCreate::Text(t)) => match t.trim().parse::<u64>() {
+            Ok(secs) => secs,
+            Err(_) => parse_date(&t).ok_or_else(|| {
+                (
+                    RejectReason::BadDateCreate,
+                    format!("date_create {t:?} is not unix seconds or \"YYYY-MM-DD HH:MM:SS\""),
+                )
+            })?,
+        },
+    };
+    let action = match raw.action {
+        Some(a) if !a.is_empty() => a,
+        _ => return Err((RejectReason::MissingAction, "no action".to_string())),
+    };
+    let user = raw
+        .actor
+        .and_then(|a| a.user)
+        .and_then(|u| u.id)
+        .map(StrOrNum::into_string)
+        .filter(|u| !u.is_empty())
+        .ok_or((
+            RejectReason::MissingActorUser,
+            "no actor.user.id".to_string(),
+        ))?;
+    let context = raw.context.unwrap_or_default();
+    let enterprise = context
+        .location
+        .and_then(|l| l.id)
+        .map(StrOrNum::into_string)
+        .filter(|e| !e.is_empty())
+        .ok_or((
+            RejectReason::MissingLocation,
+            "no context.location.id".to_string(),
+        ))?;
+    let id = match raw.id.map(StrOrNum::into_string) {
+        Some(id) if !id.is_empty() => id,
+        _ => derived_id(body),
+    };
+    Ok(Event {
+        id,
+        time,
+        action,
+        enterprise,
+        user,
+        session: context.session_id.map(StrOrNum::into_string),
+        ip: context.ip_address.filter(|s| !s.is_empty()),
+        ua: context.ua.filter(|s| !s.is_empty()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(text: &str) -> (Vec<Event>, Vec<Reject>) {
+        let (mut e, mut r) = (Vec::new(), Vec::new());
+        decode_line(
+            text,
+            LineRef {
+                source: "t",
+                line: 7,
+            },
+            &mut e,
+            &mut r,
+        );
+        (e, r)
+    }
+
+    const FULL: &str = r#"{"id":"0123a45b","date_create":1521214343,"action":"file_downloaded","actor":{"type":"user","user":{"id":"W123AB456","name":"Charlie Parker"}},"entity":{"type":"file"},"context":{"location":{"type":"enterprise","id":"E1701NCCA"},"ua":"Mozilla/5.0","session_id":"847288190092","ip_address":"1.23.45.67"},"details":{}}"#;
+
+    #[test]
+    fn integer_and_string_date_create_agree() {
+        let (e, r) = decode(FULL);
+        assert!(r.is_empty());
+        assert_eq!(e[0].time, 1_521_214_343);
+        assert_eq!(e[0].enterprise, "E1701NCCA");
+        assert_eq!(e[0].session.as_deref(), Some("847288190092"));
+        let text = FULL.replace("1521214343", "\"2018-03-16 15:32:23\"");
+        let (e2, _) = decode(&text);
+        assert_eq!(e2[0].time, 1_521_214_343);
+        assert_eq!(parse_date("2018-03-16T15:32:23Z"), Some(1_521_214_343));
+        assert_eq!(
+            parse_date("2024-08-19 13:54:53.000000000"),
+            Some(1_724_075_693)
+        );
+        assert_eq!(parse_date("2018-03-16 15:32:23+00:00"), Some(1_521_214_343));
+        assert_eq!(parse_date("yesterday"), None);
+    }
+
+    #[test]
+    fn numeric_session_ids_become_strings() {
+        let text = FULL.replace("\"847288190092\"", "847288190092");
+        let (e, _) = decode(&text);
+        assert_eq!(e[0].session.as_deref(), Some("847288190092"));
+    }
+
+    #[test]
+    fn every_bad_line_has_a_reason() {
+        let cases = [
+            ("{not json", RejectReason::InvalidJson),
+            ("[1,2]", RejectReason::InvalidEntry),
+            ("\"text\"", RejectReason::InvalidEntry),
+            (r#"{"action":"x"}"#, RejectReason::MissingDateCreate),
+            (
+                r#"{"date_create":-5,"action":"x"}"#,
+                RejectReason::BadDateCreate,
+            ),
+            (
+                r#"{"date_create":"soon","action":"x"}"#,
+                RejectReason::BadDateCreate,
+            ),
+            (r#"{"date_create":true}"#, RejectReason::InvalidEntry),
+            (r#"{"date_create":5}"#, RejectReason::MissingAction),
+            (
+                r#"{"date_create":5,"action":"x"}"#,
+                RejectReason::MissingActorUser,
+            ),
+            (
+                r#"{"date_create":5,"action":"x","actor":{"user":{"id":"U"}}}"#,
+                RejectReason::MissingLocation,
+            ),
+        ];
+        for (text, reason) in cases {
+            let (e, r) = decode(text);
+            assert!(e.is_empty(), "{text}");
+            assert_eq!(r.len(), 1, "{text}");
+            assert_eq!(r[0].reason, reason, "{text}: {}", r[0].detail);
+            assert_eq!(r[0].line, 7);
+        }
+        assert_eq!(decode("   "), (vec![], vec![]), "blank lines are skipped");
+    }
+
+    #[test]
+    fn missing_id_is_derived_from_the_line() {
+        let text = FULL.replace("\"id\":\"0123a45b\",", "");
+        let (a, _) = decode(&text);
+        let (b, _) = decode(&text);
+        assert!(a[0].id.starts_with("h-"));
+        assert_eq!(a[0].id, b[0].id);
+    }
+
+    #[test]
+    fn api_pages_yield_each_entry() {
+        let page = format!(
+            r#"{{"entries":[{FULL},{{"date_create":1}}],"response_metadata":{{"next_cursor":""}}}}"#
+        );
+        let (e, r) = decode(&page);
+        assert_eq!(e.len(), 1);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].entry, Some(1));
+        assert_eq!(r[0].reason, RejectReason::MissingAction);
+    }
+}

@@ -1,0 +1,14 @@
+//! aer: a real-time Anomaly Event Response engine for SaaS audit logs.
+//!
+//! Sources in [`io`] decode and sequence Slack audit entries; the [`dataflow`] graph detects
+//! anomalies incrementally; [`reference`] is the plain batch implementation the dataflow is
+//! tested against; [`replay`] runs the pipeline over files; [`generate`] makes synthetic
+//! workloads with labelled attacks.
+
+pub mod config;
+pub mod dataflow;
+pub mod generate;
+pub mod io;
+pub mod model;
+pub mod reference;
+pub mod replay;

@@ -1,0 +1,342 @@
+//! The records aer passes between its stages: ingested audit events, the threshold rules they are
+//! matched against, and the anomalies the detectors emit. Plain data with serde, no behaviour beyond
+//! small constructors and the deterministic ids that DESIGN.md fixes.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Event time and dataflow time: whole unix seconds.
+pub type Time = u64;
+
+/// One accepted Slack audit-log entry, reduced to the fields detection uses.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Event {
+    /// The entry's `id`, or `h-<hash of the line>` when the entry had none.
+    pub id: String,
+    /// `date_create` in unix seconds.
+    pub time: Time,
+    pub action: String,
+    /// `context.location.id`.
+    pub enterprise: String,
+    /// `actor.user.id`.
+    pub user: String,
+    /// `context.session_id`, as a string whatever its JSON type.
+    pub session: Option<String>,
+    /// `context.ip_address`.
+    pub ip: Option<String>,
+    /// `context.ua`.
+    pub ua: Option<String>,
+}
+
+/// An event as the engines see it: the time it is processed at (its `date_create`, or the
+/// watermark when it arrived late, DESIGN 3) and the event.
+pub type Sequenced = (Time, Event);
+
+/// What a threshold rule counts per: the acting user (default), the source IP or the session.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    #[default]
+    User,
+    Ip,
+    Session,
+}
+
+impl GroupBy {
+    /// The counting key of `event` under this grouping; `None` when the event lacks the field
+    /// (such an event is not counted by the rule).
+    pub fn key<'a>(&self, event: &'a Event) -> Option<&'a str> {
+        match self {
+            GroupBy::User => Some(event.user.as_str()),
+            GroupBy::Ip => event.ip.as_deref(),
+            GroupBy::Session => event.session.as_deref(),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GroupBy::User => "user",
+            GroupBy::Ip => "ip",
+            GroupBy::Session => "session",
+        }
+    }
+}
+
+/// The evaluation parameters of a threshold rule, integer-exact (DESIGN 4.1).
+///
+/// These apply at evaluation time: changing them re-evaluates the retained windows and
+/// baselines from the moment of the change.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Eval {
+    /// Quantile q in parts per million (0.99 is 990_000).
+    pub quantile_ppm: u32,
+    /// Multiplier m in thousandths (3.0 is 3_000).
+    pub multiplier_milli: u64,
+    /// Floor f: the threshold is never below it once the baseline has enough samples.
+    pub floor: u64,
+    /// Minimum number of baseline samples s before the dynamic threshold applies.
+    pub min_samples: u64,
+    /// Threshold d used while the baseline has fewer than `min_samples` samples.
+    pub default_threshold: u64,
+}
+
+/// Baseline statistics of one (enterprise, rule) at one time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Baseline {
+    /// |B|: user-buckets with at least one counted event in the history.
+    pub samples: u64,
+    /// Q_q(B), the nearest-rank quantile; absent when B is empty.
+    pub quantile: Option<u64>,
+}
+
+impl Eval {
+    /// The nearest-rank quantile of a multiset given as ascending `(value, multiplicity)` pairs:
+    /// element ceil(q * n) (1-based, at least 1) of the sorted samples.
+    pub fn rank(&self, n: u64) -> u64 {
+        let scaled = u128::from(self.quantile_ppm) * u128::from(n);
+        let rank = scaled.div_ceil(1_000_000) as u64;
+        rank.max(1)
+    }
+
+    /// The threshold θ for a baseline: max(f, floor(m x Q)) with enough samples, else d.
+    ///
+    /// A count c is above θ exactly when c > m x Q and c > f, because for integer c,
+    /// c > x if and only if c > floor(x): the integer threshold loses nothing.
+    pub fn threshold(&self, baseline: &Baseline) -> u64 {
+        match baseline.quantile {
+            Some(q) if baseline.samples >= self.min_samples => {
+                let scaled = u128::from(self.multiplier_milli) * u128::from(q) / 1000;
+                self.floor.max(u64::try_from(scaled).unwrap_or(u64::MAX))
+            }
+            _ => self.default_threshold,
+        }
+    }
+
+    /// No threshold this rule can produce is below this value, whatever the baseline.
+    pub fn lowest_threshold(&self) -> u64 {
+        self.floor.min(self.default_threshold)
+    }
+}
+
+/// A threshold rule (DESIGN 4.1), compiled from configuration.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Rule {
+    /// The anomaly reason it emits, also the rule's name.
+    pub reason: String,
+    /// The actions it counts.
+    pub actions: BTreeSet<String>,
+    /// Window W in seconds; also the baseline bucket width.
+    pub window: u64,
+    /// History H in seconds.
+    pub history: u64,
+    pub group_by: GroupBy,
+    pub eval: Eval,
+}
+
+/// The part of a rule that decides what is counted and how it is bucketed. Counts and baselines
+/// belong to a shape: changing a rule's actions keeps its shape (events are matched against the
+/// actions in force when they are processed), while changing its window, history or grouping
+/// starts a new shape with empty windows and baselines.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
+pub struct ShapeId(pub u64);
+
+impl Rule {
+    pub fn shape(&self) -> ShapeId {
+        let text = format!(
+            "{}\u{0}{}\u{0}{}\u{0}{}",
+            self.reason,
+            self.window,
+            self.history,
+            self.group_by.as_str()
+        );
+        ShapeId(xxhash_rust::xxh3::xxh3_64(text.as_bytes()))
+    }
+}
+
+/// A detected anomaly (DESIGN 4).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub id: String,
+    pub enterprise: String,
+    /// The user, or for rules grouped by IP or session, that key.
+    pub user: String,
+    pub reason: String,
+    pub detected_at: Time,
+    pub session_id: Option<String>,
+    pub observed: u64,
+    pub threshold: u64,
+    pub baseline: Baseline,
+    pub evidence: Evidence,
+}
+
+/// Why an anomaly fired, beyond the numbers.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Evidence {
+    /// The rule's counting key kind.
+    pub group_by: GroupBy,
+    pub window_secs: u64,
+    pub history_secs: u64,
+    /// The latest counted event at or before `detected_at` (ties: greatest id).
+    pub latest_event_id: String,
+    /// A one-line human explanation.
+    pub explanation: String,
+}
+
+impl Anomaly {
+    /// The deterministic anomaly id: a hash of (enterprise, user, reason, detected_at, session).
+    pub fn make_id(
+        enterprise: &str,
+        user: &str,
+        reason: &str,
+        detected_at: Time,
+        session: Option<&str>,
+    ) -> String {
+        let text = format!(
+            "{enterprise}\u{0}{user}\u{0}{reason}\u{0}{detected_at}\u{0}{}",
+            session.unwrap_or("\u{1}none")
+        );
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+    }
+}
+
+/// A one-line explanation of a threshold anomaly, for example
+/// `file_downloaded x412 in 1h > threshold 150 (3 x p99 of 1873 user-hours in 14d)`.
+pub fn explain_threshold(
+    rule: &Rule,
+    observed: u64,
+    threshold: u64,
+    baseline: &Baseline,
+) -> String {
+    let window = humantime::format_duration(std::time::Duration::from_secs(rule.window));
+    let history = humantime::format_duration(std::time::Duration::from_secs(rule.history));
+    let counted = rule.actions.iter().cloned().collect::<Vec<_>>().join("|");
+    let how = match baseline.quantile {
+        Some(q) if baseline.samples >= rule.eval.min_samples => {
+            let dynamic = u128::from(rule.eval.multiplier_milli) * u128::from(q) / 1000;
+            if u128::from(threshold) > dynamic {
+                format!(
+                    "floor {}; {} x p{} = {} of {} {}-buckets in {}",
+                    rule.eval.floor,
+                    fmt_milli(rule.eval.multiplier_milli),
+                    fmt_ppm(rule.eval.quantile_ppm),
+                    q,
+                    baseline.samples,
+                    rule.group_by.as_str(),
+                    history
+                )
+            } else {
+                format!(
+                    "{} x p{} {} of {} {}-buckets in {}",
+                    fmt_milli(rule.eval.multiplier_milli),
+                    fmt_ppm(rule.eval.quantile_ppm),
+                    q,
+                    baseline.samples,
+                    rule.group_by.as_str(),
+                    history
+                )
+            }
+        }
+        _ => format!(
+            "default; baseline has {} of {} samples needed",
+            baseline.samples, rule.eval.min_samples
+        ),
+    };
+    format!("{counted} x{observed} in {window} > threshold {threshold} ({how})")
+}
+
+fn fmt_milli(v: u64) -> String {
+    if v % 1000 == 0 {
+        format!("{}", v / 1000)
+    } else {
+        format!("{}", v as f64 / 1000.0)
+    }
+}
+
+fn fmt_ppm(v: u32) -> String {
+    let pct = f64::from(v) / 10_000.0;
+    format!("{pct}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(q: u32, m: u64, f: u64, s: u64, d: u64) -> Eval {
+        Eval {
+            quantile_ppm: q,
+            multiplier_milli: m,
+            floor: f,
+            min_samples: s,
+            default_threshold: d,
+        }
+    }
+
+    #[test]
+    fn nearest_rank_is_ceil_of_q_times_n() {
+        let e = eval(990_000, 3000, 0, 1, 9);
+        assert_eq!(e.rank(1), 1);
+        assert_eq!(e.rank(100), 99);
+        assert_eq!(e.rank(101), 100); // 99.99 rounds up
+        assert_eq!(e.rank(1873), 1855); // ceil(1854.27)
+        let median = eval(500_000, 3000, 0, 1, 9);
+        assert_eq!(median.rank(4), 2);
+        assert_eq!(median.rank(5), 3);
+        let zero = eval(0, 3000, 0, 1, 9);
+        assert_eq!(zero.rank(10), 1, "q = 0 takes the smallest element");
+    }
+
+    #[test]
+    fn threshold_uses_floor_multiplier_and_default() {
+        let e = eval(990_000, 3000, 50, 3, 200);
+        let few = Baseline {
+            samples: 2,
+            quantile: Some(40),
+        };
+        assert_eq!(e.threshold(&few), 200, "below min_samples: default");
+        let low = Baseline {
+            samples: 3,
+            quantile: Some(10),
+        };
+        assert_eq!(e.threshold(&low), 50, "3 x 10 below the floor");
+        let high = Baseline {
+            samples: 3,
+            quantile: Some(40),
+        };
+        assert_eq!(e.threshold(&high), 120);
+        let none = Baseline {
+            samples: 0,
+            quantile: None,
+        };
+        assert_eq!(e.threshold(&none), 200);
+    }
+
+    #[test]
+    fn fractional_multiplier_floors_exactly() {
+        // 2.5 x 3 = 7.5: a count of 7 is not above it, 8 is; the integer threshold 7 says the same.
+        let e = eval(1_000_000, 2500, 0, 1, 99);
+        let b = Baseline {
+            samples: 1,
+            quantile: Some(3),
+        };
+        assert_eq!(e.threshold(&b), 7);
+        // 1.001 x 1000 = 1001 exactly, no float error.
+        let e = eval(1_000_000, 1001, 0, 1, 99);
+        let b = Baseline {
+            samples: 1,
+            quantile: Some(1000),
+        };
+        assert_eq!(e.threshold(&b), 1001);
+    }
+
+    #[test]
+    fn anomaly_ids_are_deterministic_and_distinct() {
+        let a = Anomaly::make_id("E1", "U1", "tor", 10, Some("s"));
+        assert_eq!(a, Anomaly::make_id("E1", "U1", "tor", 10, Some("s")));
+        assert_ne!(a, Anomaly::make_id("E1", "U1", "tor", 11, Some("s")));
+        assert_ne!(a, Anomaly::make_id("E1", "U1", "tor", 10, None));
+    }
+}

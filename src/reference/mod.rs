@@ -1,0 +1,135 @@
+//! The batch reference: a plain, deliberately naive implementation of DESIGN 4.1 over the whole
+//! input, used only as the oracle the dataflow is tested against. It shares types with the engine
+//! but none of its operator code: it re-evaluates every key at every time where anything can
+//! change (an event, an event leaving its window, a bucket closing or expiring, a rule change).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::dataflow::EngineInput;
+use crate::model::{explain_threshold, Anomaly, Baseline, Evidence, Rule, ShapeId, Time};
+
+struct Hit<'a> {
+    time: Time,
+    key: &'a str,
+    id: &'a str,
+    session: Option<&'a str>,
+}
+
+/// The rules in force at `time`: the last timeline entry at or before it.
+fn rules_at(timeline: &[(Time, Vec<Rule>)], time: Time) -> &[Rule] {
+    timeline
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= time)
+        .map_or(&[], |(_, rules)| rules.as_slice())
+}
+
+/// All threshold anomalies up to `input.end`, sorted.
+pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
+    // Match each event against the rules in force at its processing time.
+    let mut hits: BTreeMap<(&str, ShapeId), Vec<Hit<'_>>> = BTreeMap::new();
+    let mut geometry: HashMap<ShapeId, (u64, u64)> = HashMap::new();
+    for (time, event) in &input.events {
+        for rule in rules_at(&input.rules, *time) {
+            if !rule.actions.contains(&event.action) {
+                continue;
+            }
+            let Some(key) = rule.group_by.key(event) else {
+                continue;
+            };
+            geometry.insert(rule.shape(), (rule.window, rule.history));
+            hits.entry((event.enterprise.as_str(), rule.shape()))
+                .or_default()
+                .push(Hit {
+                    time: *time,
+                    key,
+                    id: &event.id,
+                    session: event.session.as_deref(),
+                });
+        }
+    }
+
+    let mut anomalies = Vec::new();
+    for ((enterprise, shape), hits) in &hits {
+        let (w, h) = geometry[shape];
+        let mut moments: BTreeSet<Time> = input.rules.iter().map(|(t, _)| *t).collect();
+        for hit in hits {
+            let close = (hit.time / w + 1) * w;
+            moments.extend([hit.time, hit.time + w, close, close + h]);
+        }
+        let mut was_over: BTreeSet<&str> = BTreeSet::new();
+        for &now in moments.range(..=input.end) {
+            let Some(rule) = rules_at(&input.rules, now)
+                .iter()
+                .find(|r| r.shape() == *shape)
+            else {
+                was_over.clear();
+                continue;
+            };
+            // Live counts and the latest counted event per key.
+            let mut live: BTreeMap<&str, (u64, &Hit<'_>)> = BTreeMap::new();
+            for hit in hits.iter().filter(|x| x.time <= now && x.time + w > now) {
+                let entry = live.entry(hit.key).or_insert((0, hit));
+                entry.0 += 1;
+                if (hit.time, hit.id) > (entry.1.time, entry.1.id) {
+                    entry.1 = hit;
+                }
+            }
+            // Baseline samples: complete buckets that closed in (now - H, now].
+            let mut buckets: BTreeMap<(&str, u64), u64> = BTreeMap::new();
+            for hit in hits {
+                let close = (hit.time / w + 1) * w;
+                if close <= now && close + h > now {
+                    *buckets.entry((hit.key, hit.time / w)).or_default() += 1;
+                }
+            }
+            let mut samples: Vec<u64> = buckets.into_values().collect();
+            samples.sort_unstable();
+            let baseline = if samples.is_empty() {
+                Baseline {
+                    samples: 0,
+                    quantile: None,
+                }
+            } else {
+                let n = samples.len() as u64;
+                let rank = rule.eval.rank(n);
+                Baseline {
+                    samples: n,
+                    quantile: Some(samples[(rank - 1) as usize]),
+                }
+            };
+            let threshold = rule.eval.threshold(&baseline);
+            let mut over = BTreeSet::new();
+            for (key, (count, latest)) in &live {
+                if *count <= threshold {
+                    continue;
+                }
+                over.insert(*key);
+                if was_over.contains(key) {
+                    continue;
+                }
+                anomalies.push(Anomaly {
+                    id: Anomaly::make_id(enterprise, key, &rule.reason, now, latest.session),
+                    enterprise: enterprise.to_string(),
+                    user: key.to_string(),
+                    reason: rule.reason.clone(),
+                    detected_at: now,
+                    session_id: latest.session.map(str::to_string),
+                    observed: *count,
+                    threshold,
+                    baseline: baseline.clone(),
+                    evidence: Evidence {
+                        group_by: rule.group_by,
+                        window_secs: w,
+                        history_secs: h,
+                        latest_event_id: latest.id.to_string(),
+                        explanation: explain_threshold(rule, *count, threshold, &baseline),
+                    },
+                });
+            }
+            was_over = over;
+        }
+    }
+    anomalies.sort();
+    anomalies
+}

@@ -1,0 +1,208 @@
+//! Stream generators shared by the oracle tests: small enterprises with bursts and quiet periods,
+//! late and re-sent entries, and rule timelines that change mid-stream. Sized so that windows and
+//! baselines turn over many times within a few hundred seconds.
+
+#![allow(dead_code)]
+
+use aer::dataflow::EngineInput;
+use aer::io::sequencer::Sequencer;
+use aer::model::{Eval, Event, GroupBy, Rule, Time};
+use proptest::prelude::*;
+
+pub const ACTIONS: [&str; 4] = [
+    "file_downloaded",
+    "file_shared",
+    "user_login",
+    "file_previewed",
+];
+
+/// One generated arrival: an event, possibly a re-send of an earlier one.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub event: Event,
+}
+
+fn event(i: usize, time: Time, ent: u8, user: u8, action: usize, session: u8) -> Event {
+    Event {
+        id: format!("ev{i:05}"),
+        time,
+        action: ACTIONS[action].to_string(),
+        enterprise: format!("E{ent}"),
+        user: format!("U{ent}{user}"),
+        session: (session > 0).then(|| format!("s{ent}{user}{session}")),
+        ip: Some(format!("10.0.{ent}.{user}")),
+        ua: None,
+    }
+}
+
+/// Bursty streams: each burst is a user doing one action many times around a moment.
+pub fn arrivals(max_bursts: usize) -> impl Strategy<Value = Vec<Arrival>> {
+    let burst = (
+        0u64..400,  // start
+        0u8..3,     // enterprise
+        0u8..4,     // user
+        0usize..4,  // action
+        1usize..14, // events
+        0u64..6,    // spacing
+        0u8..3,     // session
+    );
+    (
+        prop::collection::vec(burst, 1..max_bursts),
+        prop::collection::vec(any::<prop::sample::Index>(), 0..6), // re-sends
+        prop::collection::vec((any::<prop::sample::Index>(), 0u64..12), 0..10), // late deliveries
+    )
+        .prop_map(|(bursts, resend, late)| {
+            let mut events = Vec::new();
+            for (start, ent, user, action, n, spacing, session) in bursts {
+                for j in 0..n {
+                    let i = events.len();
+                    events.push(event(
+                        i,
+                        start + j as u64 * spacing,
+                        ent,
+                        user,
+                        action,
+                        session,
+                    ));
+                }
+            }
+            events.sort_by_key(|e| e.time);
+            // Delay some deliveries so that they arrive after newer events.
+            let mut order: Vec<(u64, usize)> = events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.time * 2, i))
+                .collect();
+            for (idx, delay) in late {
+                let k = idx.index(order.len());
+                order[k].0 += delay * 2 + 1;
+            }
+            order.sort();
+            let mut out: Vec<Arrival> = order
+                .into_iter()
+                .map(|(_, i)| Arrival {
+                    event: events[i].clone(),
+                })
+                .collect();
+            for idx in resend {
+                let k = idx.index(out.len());
+                let again = out[k].clone();
+                let at = (k + 3).min(out.len());
+                out.insert(at, again);
+            }
+            out
+        })
+}
+
+pub fn rule(
+    reason: &str,
+    actions: &[&str],
+    window: u64,
+    history: u64,
+    group_by: GroupBy,
+    eval: Eval,
+) -> Rule {
+    Rule {
+        reason: reason.to_string(),
+        actions: actions.iter().map(|a| a.to_string()).collect(),
+        window,
+        history,
+        group_by,
+        eval,
+    }
+}
+
+pub fn eval_strategy() -> impl Strategy<Value = Eval> {
+    (
+        prop::sample::select(vec![500_000u32, 750_000, 900_000, 990_000, 1_000_000]),
+        prop::sample::select(vec![1000u64, 1500, 2000, 2500, 3000]),
+        0u64..4,
+        1u64..6,
+        2u64..9,
+    )
+        .prop_map(|(q, m, floor, min_samples, default_threshold)| Eval {
+            quantile_ppm: q,
+            multiplier_milli: m,
+            floor,
+            min_samples,
+            default_threshold,
+        })
+}
+
+/// A rule set: downloads per user, shares per user, and logins per IP, with small windows.
+pub fn rules_strategy() -> impl Strategy<Value = Vec<Rule>> {
+    (
+        eval_strategy(),
+        eval_strategy(),
+        eval_strategy(),
+        prop::sample::select(vec![5u64, 10, 20]),
+        prop::sample::select(vec![20u64, 60, 120]),
+        any::<bool>(),
+    )
+        .prop_map(|(a, b, c, w, h, extra_action)| {
+            let mut share_actions = vec!["file_shared"];
+            if extra_action {
+                share_actions.push("file_previewed");
+            }
+            vec![
+                rule(
+                    "excessive_downloads",
+                    &["file_downloaded"],
+                    w,
+                    h.max(w),
+                    GroupBy::User,
+                    a,
+                ),
+                rule(
+                    "excessive_file_shares",
+                    &share_actions,
+                    10,
+                    40,
+                    GroupBy::User,
+                    b,
+                ),
+                rule("login_burst", &["user_login"], w, h.max(w), GroupBy::Ip, c),
+            ]
+        })
+}
+
+/// A timeline: the first rule set from time 0, then up to two changes mid-stream (new
+/// parameters, new actions, a changed window, or a rule dropped).
+pub fn timeline_strategy() -> impl Strategy<Value = Vec<(Time, Vec<Rule>)>> {
+    (
+        rules_strategy(),
+        prop::collection::vec((1u64..450, rules_strategy(), 0usize..4), 0..3),
+    )
+        .prop_map(|(first, changes)| {
+            let mut timeline = vec![(0, first)];
+            let mut changes = changes;
+            changes.sort_by_key(|c| c.0);
+            changes.dedup_by_key(|c| c.0);
+            for (at, mut rules, drop) in changes {
+                if drop < rules.len() && drop % 2 == 1 {
+                    rules.remove(drop);
+                }
+                timeline.push((at, rules));
+            }
+            timeline
+        })
+}
+
+/// Runs arrivals through the sequencer with the given lateness, as a live source would.
+pub fn sequence(
+    arrivals: &[Arrival],
+    lateness: Option<u64>,
+    timeline: Vec<(Time, Vec<Rule>)>,
+) -> EngineInput {
+    let mut seq = Sequencer::new(lateness, 1_000_000);
+    let mut events = Vec::new();
+    for a in arrivals {
+        seq.push(a.event.clone(), &mut events);
+    }
+    let end = seq.finish(&mut events);
+    EngineInput {
+        events,
+        rules: timeline,
+        end,
+    }
+}
