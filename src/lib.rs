@@ -5,6 +5,7 @@
 //! tested against; [`replay`] runs the pipeline over files; [`generate`] makes synthetic
 //! workloads with labelled attacks.
 
+pub mod cli;
 pub mod config;
 pub mod dataflow;
 pub mod generate;

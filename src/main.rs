@@ -1,1 +1,5 @@
-fn main() {}
+//! The `aer` binary: everything lives in the library; see `aer --help`.
+
+fn main() -> std::process::ExitCode {
+    aer::cli::main()
+}
