@@ -119,7 +119,7 @@ pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<Vec<Anomaly>, Engi
                 }
                 events_in.insert(event.clone());
                 fed += 1;
-                if fed % BATCH == 0 {
+                if fed.is_multiple_of(BATCH) {
                     events_in.flush();
                     rules_in.flush();
                     let lag = now;

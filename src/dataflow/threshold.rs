@@ -150,20 +150,18 @@ pub fn detect<'s>(
         high.concat(with_baseline.negate())
             .flat_map(|((enterprise, shape, rule), (group, c))| {
                 let threshold = rule.eval.default_threshold;
-                (c > threshold).then(|| {
-                    (
-                        (enterprise, shape, group),
-                        Over {
-                            observed: c,
-                            threshold,
-                            baseline: Baseline {
-                                samples: 0,
-                                quantile: None,
-                            },
-                            rule,
+                (c > threshold).then_some((
+                    (enterprise, shape, group),
+                    Over {
+                        observed: c,
+                        threshold,
+                        baseline: Baseline {
+                            samples: 0,
+                            quantile: None,
                         },
-                    )
-                })
+                        rule,
+                    },
+                ))
             });
     let over = over_dynamic.concat(over_default);
 

@@ -232,7 +232,7 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
             )
         })?,
         Some(DateCreate::Float(f)) => {
-            if f.is_finite() && f >= 0.0 && f < 1e15 {
+            if (0.0..1e15).contains(&f) {
                 f.floor() as u64
             } else {
                 return Err((

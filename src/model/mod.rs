@@ -249,7 +249,7 @@ pub fn explain_threshold(
 }
 
 fn fmt_milli(v: u64) -> String {
-    if v % 1000 == 0 {
+    if v.is_multiple_of(1000) {
         format!("{}", v / 1000)
     } else {
         format!("{}", v as f64 / 1000.0)
