@@ -179,6 +179,15 @@ pub fn decode_line(
         detail,
         excerpt: excerpt(body),
     };
+    // serde would read a JSON array into a struct positionally: only objects are entries.
+    if !trimmed.starts_with('{') {
+        let (reason, detail) = match serde_json::from_str::<serde::de::IgnoredAny>(trimmed) {
+            Ok(_) => (RejectReason::InvalidEntry, "not a JSON object".to_string()),
+            Err(e) => (RejectReason::InvalidJson, e.to_string()),
+        };
+        rejects.push(reject(reason, detail, None, trimmed));
+        return;
+    }
     let raw: RawLine = match serde_json::from_str(trimmed) {
         Ok(raw) => raw,
         Err(e) => {
@@ -194,6 +203,15 @@ pub fn decode_line(
     if let Some(entries) = raw.entries {
         for (i, entry) in entries.iter().enumerate() {
             let body = entry.get();
+            if !body.starts_with('{') {
+                rejects.push(reject(
+                    RejectReason::InvalidEntry,
+                    "page entry is not a JSON object".to_string(),
+                    Some(i as u64),
+                    body,
+                ));
+                continue;
+            }
             match serde_json::from_str::<RawLine>(body) {
                 Ok(raw) => match validate(raw, body) {
                     Ok(ev) => events.push(ev),
@@ -353,6 +371,9 @@ mod tests {
                 RejectReason::BadDateCreate,
             ),
             (r#"{"date_create":true}"#, RejectReason::InvalidEntry),
+            ("[1,2,\"x\"]", RejectReason::InvalidEntry),
+            ("[1,2", RejectReason::InvalidJson),
+            (r#"{"entries":[[1,2]]}"#, RejectReason::InvalidEntry),
             (r#"{"date_create":5}"#, RejectReason::MissingAction),
             (
                 r#"{"date_create":5,"action":"x"}"#,
