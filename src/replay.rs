@@ -104,14 +104,8 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     for (reason, count) in &summary.rejected {
         tracing::warn!(reason = %reason, count, "rejected input lines");
     }
-    // Replay holds everything until the end: the sequencer then releases in (time, id) order.
-    let mut sequencer = Sequencer::new(None, options.config.engine.dedup_horizon.as_secs());
-    let mut events = Vec::with_capacity(decoded.events.len());
-    for event in decoded.events {
-        sequencer.push(event, &mut events);
-    }
-    sequencer.finish(&mut events);
-    let stats = sequencer.stats().clone();
+    // Replay holds everything until the end, then releases in (time, id) order.
+    let (events, stats) = Sequencer::sort_all(decoded.events);
     summary.duplicates = stats.duplicates;
     summary.late = stats.late;
     summary.events = events.len() as u64;
@@ -121,7 +115,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
 
     let engine_started = Instant::now();
     let input = Arc::new(EngineInput::new(events, rules));
-    let anomalies = dataflow::run(input, options.workers)?;
+    let anomalies = dataflow::run_with_progress(input, options.workers, options.progress)?;
     let engine_time = engine_started.elapsed();
     summary.anomalies = anomalies.len() as u64;
     for anomaly in &anomalies {

@@ -77,13 +77,37 @@ const BATCH: usize = 16_384;
 
 /// Runs the detection dataflow on `workers` threads; returns the anomalies sorted.
 pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<Vec<Anomaly>, EngineError> {
+    run_with_progress(input, workers, false)
+}
+
+/// As [`run`], with a progress bar on stderr when `progress` is set.
+pub fn run_with_progress(
+    input: Arc<EngineInput>,
+    workers: usize,
+    progress: bool,
+) -> Result<Vec<Anomaly>, EngineError> {
     input.check()?;
+    let bar = if progress {
+        let bar = indicatif::ProgressBar::new(input.events.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} detecting {pos}/{len} events [{bar:30}] {per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let collected: Arc<Mutex<Vec<Anomaly>>> = Arc::new(Mutex::new(Vec::new()));
     let sink = collected.clone();
+    let worker_bar = bar.clone();
     let config = timely::Config::process(workers.max(1));
     let guards = timely::execute(config, move |worker| {
         let index = worker.index();
         let sink = sink.clone();
+        let bar = worker_bar.clone();
         let end = input.end;
         let (mut events_in, mut rules_in, probe) = worker.dataflow::<Time, _, _>(|scope| {
             let (events_in, events) = scope.new_collection();
@@ -124,6 +148,7 @@ pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<Vec<Anomaly>, Engi
                     rules_in.flush();
                     let lag = now;
                     worker.step_while(|| probe.less_than(&lag));
+                    bar.set_position(fed as u64);
                 }
             }
             for (at, rules) in changes.filter(|(at, _)| *at <= end) {
@@ -150,6 +175,7 @@ pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<Vec<Anomaly>, Engi
     for result in guards.join() {
         result.map_err(|_| EngineError::WorkerPanicked)?;
     }
+    bar.finish_and_clear();
     let mut anomalies = std::mem::take(&mut *collected.lock().expect("collector poisoned"));
     anomalies.sort();
     Ok(anomalies)
