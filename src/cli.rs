@@ -153,9 +153,7 @@ fn cmd_replay(
     workers: usize,
     out: PathBuf,
 ) -> Result<(), AnyError> {
-    if workers == 0 {
-        return Err("--workers must be at least 1".into());
-    }
+    check_workers(workers)?;
     let options = ReplayOptions {
         inputs: files,
         config: load_config(config)?,
@@ -177,6 +175,23 @@ fn cmd_replay(
         out.display()
     );
     print_measurements(&report, workers);
+    Ok(())
+}
+
+/// Rejects zero workers, and warns when there are more workers than cores: idle timely workers
+/// spin, so oversubscription is much slower, never faster.
+fn check_workers(workers: usize) -> Result<(), AnyError> {
+    if workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers > cores {
+        tracing::warn!(
+            workers,
+            cores,
+            "more workers than cores: expect it to be much slower"
+        );
+    }
     Ok(())
 }
 
@@ -224,6 +239,7 @@ fn when(t: u64) -> String {
 }
 
 fn cmd_demo(events: u64, workers: usize, seed: u64, out: PathBuf) -> Result<(), AnyError> {
+    check_workers(workers)?;
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("audit.jsonl");
     let options = GenerateOptions {
