@@ -87,19 +87,11 @@ pub fn run_with_progress(
     progress: bool,
 ) -> Result<Vec<Anomaly>, EngineError> {
     input.check()?;
-    let bar = if progress {
-        let bar = indicatif::ProgressBar::new(input.events.len() as u64);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} detecting {pos}/{len} events [{bar:30}] {per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = crate::io::progress_bar(
+        input.events.len() as u64,
+        "{spinner} detecting {pos}/{len} events [{bar:30}] {per_sec} eta {eta}",
+        progress,
+    );
     let collected: Arc<Mutex<Vec<Anomaly>>> = Arc::new(Mutex::new(Vec::new()));
     let sink = collected.clone();
     let worker_bar = bar.clone();

@@ -6,3 +6,16 @@ pub mod codec;
 pub mod sequencer;
 pub mod sink;
 pub mod source;
+
+/// A progress bar on stderr with the given template, or a hidden one when `show` is false.
+pub fn progress_bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    match indicatif::ProgressStyle::with_template(template) {
+        Ok(style) => bar.set_style(style.progress_chars("=> ")),
+        Err(e) => tracing::debug!(error = %e, "bad progress template"),
+    }
+    bar
+}

@@ -41,19 +41,11 @@ pub fn read_inputs(inputs: &[PathBuf], progress: bool) -> Result<Decoded, Source
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
-    let bar = if progress {
-        let bar = indicatif::ProgressBar::new(total);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} reading {msg} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar = super::progress_bar(
+        total,
+        "{spinner} reading {msg} {bytes}/{total_bytes} [{bar:30}] {bytes_per_sec} eta {eta}",
+        progress,
+    );
     for path in inputs {
         let name = path.display().to_string();
         bar.set_message(name.clone());
