@@ -16,6 +16,7 @@
 //! actions = ["file_downloaded", "file_previewed"]
 //! ```
 
+use crate::model::decision::{Exclusion, LoopGuard, Mode, Policies, Policy, LOOP_HORIZON};
 use crate::model::{Eval, GroupBy, Rule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,6 +40,8 @@ pub enum ConfigError {
     Rule { reason: String, message: String },
     #[error("engine: {0}")]
     Engine(String),
+    #[error("[{0}]: {1}")]
+    Policy(String, String),
 }
 
 /// The whole configuration file. Every field has a default, so an empty file is valid.
@@ -50,6 +53,76 @@ pub struct Config {
     /// Rule entries, merged by `reason` over the built-in rules (see [`RuleConfig`]).
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// The default decision policy, for every enterprise without its own.
+    #[serde(default)]
+    pub decisions: PolicyConfig,
+    /// Per-enterprise policies (keyed by `context.location.id`), merged over `[decisions]`.
+    #[serde(default)]
+    pub enterprises: BTreeMap<String, PolicyConfig>,
+}
+
+/// `[decisions]` and `[enterprises.<id>]`: a decision policy (DESIGN 5). In an enterprise's
+/// section, `modes` and `groups` are merged by key over the default's; `exclusions` and `loop`
+/// replace the default's when given.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Mode per reason: "off", "monitor" or "respond". Unlisted reasons: `tor` and
+    /// `unexpected_scraping` respond, everything else monitors (Slack's defaults).
+    #[serde(default)]
+    pub modes: BTreeMap<String, Mode>,
+    /// Named groups of user ids, for exclusions.
+    #[serde(default)]
+    pub groups: BTreeMap<String, BTreeSet<String>>,
+    /// `{users = [...], groups = [...], reasons = [...]}`; no reasons means all reasons.
+    pub exclusions: Option<Vec<Exclusion>>,
+    #[serde(rename = "loop")]
+    pub loop_guard: Option<LoopConfig>,
+}
+
+/// `loop`: the loop guard. Defaults: window 24h, cooldown 15m, max_resets 3; window and
+/// cooldown at most 7 days.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub window: Option<Duration>,
+    #[serde(default, with = "humantime_serde_compat::option")]
+    pub cooldown: Option<Duration>,
+    pub max_resets: Option<u64>,
+}
+
+impl PolicyConfig {
+    fn apply(&self, mut policy: Policy) -> Result<Policy, String> {
+        policy.modes.extend(self.modes.clone());
+        policy.groups.extend(self.groups.clone());
+        if let Some(ex) = &self.exclusions {
+            policy.exclusions = ex.clone();
+        }
+        for ex in &policy.exclusions {
+            if let Some(g) = ex.groups.iter().find(|g| !policy.groups.contains_key(*g)) {
+                return Err(format!("exclusion names unknown group {g:?}"));
+            }
+        }
+        if let Some(l) = &self.loop_guard {
+            if let Some(w) = l.window {
+                policy.loop_guard.window = whole_seconds(w, "loop.window")?;
+            }
+            if let Some(c) = l.cooldown {
+                policy.loop_guard.cooldown = whole_seconds(c, "loop.cooldown")?;
+            }
+            if let Some(m) = l.max_resets {
+                policy.loop_guard.max_resets = m;
+            }
+        }
+        let LoopGuard {
+            window, cooldown, ..
+        } = policy.loop_guard;
+        if window > LOOP_HORIZON || cooldown > LOOP_HORIZON {
+            return Err("loop.window and loop.cooldown must be at most 7d".into());
+        }
+        Ok(policy)
+    }
 }
 
 /// `[engine]`: how the dataflow is clocked.
@@ -63,6 +136,14 @@ pub struct EngineConfig {
     /// How long an entry id is remembered, in event time, to drop the API's re-sends. Default 1 d.
     #[serde(with = "humantime_serde_compat", default = "default_dedup_horizon")]
     pub dedup_horizon: Duration,
+    /// A session idle this long is forgotten: seen again, it counts as first seen then.
+    /// Default 14 d.
+    #[serde(with = "humantime_serde_compat", default = "default_session_expiry")]
+    pub session_expiry: Duration,
+}
+
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(14 * 86_400)
 }
 
 fn default_lateness() -> Duration {
@@ -77,6 +158,7 @@ impl Default for EngineConfig {
         EngineConfig {
             lateness: default_lateness(),
             dedup_horizon: default_dedup_horizon(),
+            session_expiry: default_session_expiry(),
         }
     }
 }
@@ -170,7 +252,28 @@ impl Config {
             source: Box::new(source),
         })?;
         config.rules()?;
+        config.policies()?;
         Ok(config)
+    }
+
+    /// The decision policies: `[decisions]` over the built-in defaults, and each
+    /// `[enterprises.<id>]` over that.
+    pub fn policies(&self) -> Result<Policies, ConfigError> {
+        let default = self
+            .decisions
+            .apply(Policy::default())
+            .map_err(|m| ConfigError::Policy("decisions".into(), m))?;
+        let mut enterprises = BTreeMap::new();
+        for (id, section) in &self.enterprises {
+            let policy = section
+                .apply(default.clone())
+                .map_err(|m| ConfigError::Policy(format!("enterprises.{id}"), m))?;
+            enterprises.insert(id.clone(), policy);
+        }
+        Ok(Policies {
+            default,
+            enterprises,
+        })
     }
 
     /// The rule set: built-in rules with the file's entries merged over them by reason.
@@ -379,6 +482,55 @@ mod tests {
             .unwrap();
         assert_eq!(new.history, 7 * 86_400);
         assert_eq!(new.eval.default_threshold, 200);
+    }
+
+    #[test]
+    fn policies_default_to_slack_modes_and_merge_per_enterprise() {
+        use crate::model::decision::Mode;
+        let c: Config = toml::from_str(
+            r#"
+            [decisions]
+            modes = { excessive_downloads = "respond" }
+            groups = { security = ["W9"] }
+            exclusions = [{ groups = ["security"] }]
+            [decisions.loop]
+            max_resets = 2
+            [enterprises.E1]
+            modes = { tor = "off" }
+            [enterprises.E1.loop]
+            cooldown = "5m"
+            "#,
+        )
+        .unwrap();
+        let p = c.policies().unwrap();
+        assert_eq!(p.default.mode("excessive_downloads"), Mode::Respond);
+        assert_eq!(p.default.mode("tor"), Mode::Respond);
+        assert_eq!(p.default.mode("asn"), Mode::Monitor);
+        assert_eq!(p.default.loop_guard.max_resets, 2);
+        assert_eq!(p.default.loop_guard.window, 86_400);
+        let e1 = p.for_enterprise("E1");
+        assert_eq!(e1.mode("tor"), Mode::Off);
+        assert_eq!(e1.mode("excessive_downloads"), Mode::Respond);
+        assert_eq!(e1.loop_guard.cooldown, 300);
+        assert_eq!(
+            e1.excluded_by("W9", "tor").as_deref(),
+            Some("group:security")
+        );
+        assert_eq!(p.for_enterprise("E2"), &p.default);
+        let bad: Config =
+            toml::from_str("[decisions]\nexclusions = [{ groups = [\"nobody\"] }]").unwrap();
+        assert!(bad
+            .policies()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown group"));
+        let long: Config = toml::from_str("[decisions.loop]\nwindow = \"30d\"").unwrap();
+        assert!(long
+            .policies()
+            .unwrap_err()
+            .to_string()
+            .contains("at most 7d"));
+        assert!(toml::from_str::<Config>("[decisions]\nmodes = { tor = \"kill\" }").is_err());
     }
 
     #[test]

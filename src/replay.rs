@@ -1,6 +1,7 @@
 //! `aer replay`: the whole pipeline over files. Reads and decodes every input, sequences the
 //! events (sorting the whole input by (date_create, id), DESIGN 3), runs the detection dataflow,
-//! and writes `anomalies.jsonl`, `rejects.jsonl` and `summary.json` to the output directory.
+//! and the decision fold, and writes `anomalies.jsonl`, `decisions.jsonl`, `rejects.jsonl` and
+//! `summary.json` to the output directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use crate::io::codec::Reject;
 use crate::io::sequencer::Sequencer;
 use crate::io::sink::{self, SinkError};
 use crate::io::source::{self, SourceError};
+use crate::model::decision::Decision;
 use crate::model::Anomaly;
 
 /// Everything that can stop a replay.
@@ -65,6 +67,8 @@ pub struct Summary {
     pub last_time: Option<u64>,
     pub anomalies: u64,
     pub anomalies_by_reason: BTreeMap<String, u64>,
+    pub decisions: u64,
+    pub decisions_by_outcome: BTreeMap<String, u64>,
 }
 
 /// The result of a replay, with the measurements `aer replay` prints.
@@ -72,6 +76,7 @@ pub struct Summary {
 pub struct ReplayReport {
     pub summary: Summary,
     pub anomalies: Vec<Anomaly>,
+    pub decisions: Vec<Decision>,
     pub rejects: Vec<Reject>,
     pub read_time: Duration,
     pub engine_time: Duration,
@@ -89,6 +94,7 @@ pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
 pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let started = Instant::now();
     let rules = options.config.rules()?;
+    let policies = options.config.policies()?;
     let decoded = source::read_inputs(&options.inputs, options.progress)?;
     let mut summary = Summary {
         lines: decoded.lines,
@@ -114,8 +120,10 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     let read_time = started.elapsed();
 
     let engine_started = Instant::now();
-    let input = Arc::new(EngineInput::new(events, rules));
-    let anomalies = dataflow::run_with_progress(input, options.workers, options.progress)?;
+    let mut input = EngineInput::new(events, rules, policies);
+    input.session_expiry = options.config.engine.session_expiry.as_secs();
+    let output = dataflow::run_with_progress(Arc::new(input), options.workers, options.progress)?;
+    let (anomalies, decisions) = (output.anomalies, output.decisions);
     let engine_time = engine_started.elapsed();
     summary.anomalies = anomalies.len() as u64;
     for anomaly in &anomalies {
@@ -134,11 +142,19 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
             "anomaly"
         );
     }
+    summary.decisions = decisions.len() as u64;
+    for decision in &decisions {
+        *summary
+            .decisions_by_outcome
+            .entry(decision.outcome.as_str().to_string())
+            .or_default() += 1;
+    }
     let mut rejects = decoded.rejects;
     rejects.sort();
     Ok(ReplayReport {
         summary,
         anomalies,
+        decisions,
         rejects,
         read_time,
         engine_time,
@@ -146,13 +162,14 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     })
 }
 
-/// Writes `anomalies.jsonl`, `rejects.jsonl` and `summary.json` into `out`.
+/// Writes `anomalies.jsonl`, `decisions.jsonl`, `rejects.jsonl` and `summary.json` into `out`.
 pub fn write_outputs(out: &Path, report: &ReplayReport) -> Result<(), ReplayError> {
     std::fs::create_dir_all(out).map_err(|source| ReplayError::OutDir {
         path: out.display().to_string(),
         source,
     })?;
     sink::write_jsonl(&out.join("anomalies.jsonl"), &report.anomalies)?;
+    sink::write_jsonl(&out.join("decisions.jsonl"), &report.decisions)?;
     sink::write_jsonl(&out.join("rejects.jsonl"), &report.rejects)?;
     sink::write_json(&out.join("summary.json"), &report.summary)?;
     Ok(())

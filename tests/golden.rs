@@ -172,7 +172,7 @@ fn summarize(anomalies: &[Anomaly]) -> Vec<(String, String, u64, String, u64, u6
 #[test]
 fn golden_stream_gives_exactly_the_listed_anomalies() {
     let events: Vec<_> = stream().into_iter().map(|e| (e.time, e)).collect();
-    let input = EngineInput::new(events, vec![rule()]);
+    let input = EngineInput::new(events, vec![rule()], Default::default());
     let want: Vec<_> = expected()
         .into_iter()
         .map(|(e, u, t, s, o, th, b)| (e.to_string(), u.to_string(), t, s.to_string(), o, th, b))
@@ -180,7 +180,7 @@ fn golden_stream_gives_exactly_the_listed_anomalies() {
     assert_eq!(summarize(&threshold_anomalies(&input)), want, "reference");
     let input = Arc::new(input);
     for workers in [1, 2] {
-        let got = run(input.clone(), workers).unwrap();
+        let got = run(input.clone(), workers).unwrap().anomalies;
         assert_eq!(summarize(&got), want, "dataflow, {workers} workers");
         let d = got.iter().find(|a| a.user == "D").unwrap();
         assert_eq!(d.evidence.latest_event_id, "d7");
@@ -202,14 +202,18 @@ fn a_removed_rule_stops_firing_and_a_changed_one_applies_from_its_time() {
         events,
         rules: vec![(0, vec![rule()]), (9, vec![stricter])],
         end: 12,
+        ..Default::default()
     };
     // At 9 the default threshold is 6: B and E2/A reach 6, which is not above it.
     assert!(threshold_anomalies(&input).is_empty());
-    assert!(run(Arc::new(input.clone()), 1).unwrap().is_empty());
+    assert!(run(Arc::new(input.clone()), 1)
+        .unwrap()
+        .anomalies
+        .is_empty());
     let removed = EngineInput {
         rules: vec![(0, vec![rule()]), (9, vec![])],
         ..input
     };
     assert!(threshold_anomalies(&removed).is_empty());
-    assert!(run(Arc::new(removed), 2).unwrap().is_empty());
+    assert!(run(Arc::new(removed), 2).unwrap().anomalies.is_empty());
 }

@@ -1,20 +1,33 @@
 //! The core correctness proof: on generated streams (several enterprises, bursts and quiet
-//! periods, late and duplicate events, rules changed mid-stream) the incremental dataflow's
-//! anomalies equal the batch reference's, for 1, 2 and 4 workers.
+//! periods, late and duplicate events, rules and decision policies changed mid-stream) the
+//! incremental dataflow's anomalies and decisions equal the batch reference's, for 1, 2 and 4
+//! workers.
 
 mod common;
 
 use aer::dataflow::run;
-use aer::reference::threshold_anomalies;
+use aer::reference::{evaluate, threshold_anomalies};
 use proptest::prelude::*;
 use std::sync::Arc;
 
 fn check(input: aer::dataflow::EngineInput, workers: &[usize]) -> Result<(), TestCaseError> {
-    let expected = threshold_anomalies(&input);
+    let expected = evaluate(&input);
+    prop_assert_eq!(expected.anomalies.len(), expected.decisions.len());
     let input = Arc::new(input);
     for &w in workers {
         let actual = run(input.clone(), w).expect("dataflow runs");
-        prop_assert_eq!(&actual, &expected, "workers = {}", w);
+        prop_assert_eq!(
+            &actual.anomalies,
+            &expected.anomalies,
+            "anomalies, workers = {}",
+            w
+        );
+        prop_assert_eq!(
+            &actual.decisions,
+            &expected.decisions,
+            "decisions, workers = {}",
+            w
+        );
     }
     Ok(())
 }
@@ -27,8 +40,10 @@ proptest! {
         arrivals in common::arrivals(40),
         timeline in common::timeline_strategy(),
         lateness in prop::option::of(0u64..8),
+        policies in common::policies_strategy(),
     ) {
-        let input = common::sequence(&arrivals, lateness, timeline);
+        let mut input = common::sequence(&arrivals, lateness, timeline);
+        input.policies = policies;
         check(input, &[1, 2])?;
     }
 }
@@ -41,8 +56,10 @@ proptest! {
         arrivals in common::arrivals(40),
         timeline in common::timeline_strategy(),
         lateness in prop::option::of(0u64..8),
+        policies in common::policies_strategy(),
     ) {
-        let input = common::sequence(&arrivals, lateness, timeline);
+        let mut input = common::sequence(&arrivals, lateness, timeline);
+        input.policies = policies;
         check(input, &[4])?;
     }
 }
@@ -58,8 +75,10 @@ proptest! {
         timeline in common::timeline_strategy(),
         lateness in prop::option::of(0u64..8),
         workers in 1usize..4,
+        policies in common::policies_strategy(),
     ) {
-        let input = common::sequence(&arrivals, lateness, timeline);
+        let mut input = common::sequence(&arrivals, lateness, timeline);
+        input.policies = policies;
         check(input, &[workers])?;
     }
 }

@@ -1,8 +1,9 @@
 //! The differential dataflow graph and its driver. [`run`] builds the same graph on every worker,
-//! feeds the sequenced events and the rules timeline through worker 0's inputs (the other workers
-//! close theirs, so only worker 0 holds the frontier back), steps until every time up to the end
-//! is final, and gathers the anomalies on worker 0.
+//! feeds the sequenced events and the rules and policy timelines through worker 0's inputs (the
+//! other workers close theirs, so only worker 0 holds the frontier back), steps until every time
+//! up to the end is final, and gathers anomalies and decisions on worker 0.
 
+pub mod decide;
 pub mod ops;
 pub mod threshold;
 
@@ -10,7 +11,8 @@ use differential_dataflow::input::{Input, InputSession};
 use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 
-use crate::model::{Anomaly, Rule, Sequenced, Time};
+use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
+use crate::model::{Anomaly, Event, Rule, Sequenced, Time};
 
 /// Errors running the dataflow.
 #[derive(Debug, thiserror::Error)]
@@ -19,35 +21,53 @@ pub enum EngineError {
     Timely(String),
     #[error("a worker panicked")]
     WorkerPanicked,
-    #[error("rules timeline is not in increasing time order at {0}")]
+    #[error("input is not in increasing time order at {0}")]
     Timeline(Time),
 }
 
-/// What the engines consume: events in processing order, and the rule sets in force from each
-/// time on (before the first entry, no rules).
+/// What the engines consume: events in processing order, and the rule sets and decision
+/// policies in force from each time on (before a timeline's first entry: no rules, and the
+/// built-in default policy).
 #[derive(Clone, Debug, Default)]
 pub struct EngineInput {
     pub events: Vec<Sequenced>,
     pub rules: Vec<(Time, Vec<Rule>)>,
+    pub policies: Vec<(Time, Policies)>,
+    /// A session idle this long is forgotten (`engine.session_expiry`).
+    pub session_expiry: u64,
     /// The last time evaluated: results are final up to and including it.
     pub end: Time,
 }
 
+/// What the engines produce, each sorted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineOutput {
+    pub anomalies: Vec<Anomaly>,
+    pub decisions: Vec<Decision>,
+}
+
+/// The default session expiry, 14 days.
+pub const DEFAULT_SESSION_EXPIRY: u64 = 14 * 86_400;
+
 impl EngineInput {
-    /// One rule set in force from time 0, evaluated up to the last event.
-    pub fn new(events: Vec<Sequenced>, rules: Vec<Rule>) -> Self {
+    /// One rule set and one policy set in force from time 0, evaluated up to the last event.
+    pub fn new(events: Vec<Sequenced>, rules: Vec<Rule>, policies: Policies) -> Self {
         let end = events.last().map_or(0, |(t, _)| *t);
         EngineInput {
             events,
             rules: vec![(0, rules)],
+            policies: vec![(0, policies)],
+            session_expiry: DEFAULT_SESSION_EXPIRY,
             end,
         }
     }
 
     fn check(&self) -> Result<(), EngineError> {
-        for pair in self.rules.windows(2) {
-            if pair[0].0 >= pair[1].0 {
-                return Err(EngineError::Timeline(pair[1].0));
+        let rules = self.rules.iter().map(|(t, _)| *t);
+        let policies = self.policies.iter().map(|(t, _)| *t);
+        for times in [rules.collect::<Vec<_>>(), policies.collect()] {
+            if let Some(w) = times.windows(2).find(|w| w[0] >= w[1]) {
+                return Err(EngineError::Timeline(w[1]));
             }
         }
         if let Some(w) = self.events.windows(2).find(|w| w[0].0 > w[1].0) {
@@ -57,107 +77,179 @@ impl EngineInput {
     }
 }
 
-/// Retracts the rules in force and inserts `to` (what is unchanged consolidates away).
-fn replace_rules(
-    to: &[Rule],
-    in_force: &mut Vec<Rule>,
-    rules_in: &mut InputSession<Time, Rule, isize>,
+/// Retracts the records in force and inserts `to` (what is unchanged consolidates away).
+fn replace<D: differential_dataflow::ExchangeData>(
+    to: Vec<D>,
+    in_force: &mut Vec<D>,
+    input: &mut InputSession<Time, D, isize>,
 ) {
     for old in in_force.drain(..) {
-        rules_in.remove(old);
+        input.remove(old);
     }
-    for new in to {
-        rules_in.insert(new.clone());
+    for new in &to {
+        input.insert(new.clone());
     }
-    in_force.extend(to.iter().cloned());
+    *in_force = to;
+}
+
+/// One entry of the merged configuration timelines.
+enum Change<'a> {
+    Rules(&'a [Rule]),
+    Policies(&'a Policies),
+}
+
+/// Worker 0's inputs, advanced together.
+struct Inputs {
+    events: InputSession<Time, Event, isize>,
+    rules: InputSession<Time, Rule, isize>,
+    policies: InputSession<Time, (PolicyScope, Policy), isize>,
+}
+
+impl Inputs {
+    fn advance_to(&mut self, time: Time) {
+        self.events.advance_to(time);
+        self.rules.advance_to(time);
+        self.policies.advance_to(time);
+    }
+
+    fn flush(&mut self) {
+        self.events.flush();
+        self.rules.flush();
+        self.policies.flush();
+    }
 }
 
 /// Events fed between two checks on the dataflow's progress.
 const BATCH: usize = 16_384;
 
-/// Runs the detection dataflow on `workers` threads; returns the anomalies sorted.
-pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<Vec<Anomaly>, EngineError> {
+/// Runs the dataflow on `workers` threads; returns the anomalies and decisions, sorted.
+pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<EngineOutput, EngineError> {
     run_with_progress(input, workers, false)
 }
+
+type Shared<T> = Arc<Mutex<Vec<T>>>;
 
 /// As [`run`], with a progress bar on stderr when `progress` is set.
 pub fn run_with_progress(
     input: Arc<EngineInput>,
     workers: usize,
     progress: bool,
-) -> Result<Vec<Anomaly>, EngineError> {
+) -> Result<EngineOutput, EngineError> {
     input.check()?;
     let bar = crate::io::progress_bar(
         input.events.len() as u64,
         "{spinner} detecting {pos}/{len} events [{bar:30}] {per_sec} eta {eta}",
         progress,
     );
-    let collected: Arc<Mutex<Vec<Anomaly>>> = Arc::new(Mutex::new(Vec::new()));
-    let sink = collected.clone();
+    let anomalies_out: Shared<Anomaly> = Arc::new(Mutex::new(Vec::new()));
+    let decisions_out: Shared<Decision> = Arc::new(Mutex::new(Vec::new()));
+    let (anomaly_sink, decision_sink) = (anomalies_out.clone(), decisions_out.clone());
     let worker_bar = bar.clone();
     let config = timely::Config::process(workers.max(1));
     let guards = timely::execute(config, move |worker| {
-        let index = worker.index();
-        let sink = sink.clone();
-        let bar = worker_bar.clone();
+        let (anomaly_sink, decision_sink) = (anomaly_sink.clone(), decision_sink.clone());
         let end = input.end;
-        let (mut events_in, mut rules_in, probe) = worker.dataflow::<Time, _, _>(|scope| {
+        let session_expiry = input.session_expiry;
+        let (inputs, probe) = worker.dataflow::<Time, _, _>(|scope| {
             let (events_in, events) = scope.new_collection();
             let (rules_in, rules) = scope.new_collection();
-            let (probe, _) = threshold::detect(events, rules)
+            let (policies_in, policies) = scope.new_collection();
+            let anomalies = threshold::detect(events.clone(), rules);
+            let probe = timely::dataflow::ProbeHandle::new();
+            anomalies
+                .clone()
+                .inner
                 .exchange(|_| 0)
-                .inspect(move |anomaly: &Anomaly| {
+                .inspect(move |(anomaly, _, _): &(Anomaly, Time, isize)| {
                     if anomaly.detected_at <= end {
-                        sink.lock()
-                            .expect("collector poisoned")
+                        anomaly_sink
+                            .lock()
+                            .expect("collector")
                             .push(anomaly.clone());
                     }
                 })
-                .probe();
-            (events_in, rules_in, probe)
+                .probe_with(&probe);
+            decide::decide(events, anomalies, policies, session_expiry)
+                .exchange(|_| 0)
+                .inspect(move |(decision, _, _): &(Decision, Time, isize)| {
+                    if decision.decided_at <= end {
+                        decision_sink
+                            .lock()
+                            .expect("collector")
+                            .push(decision.clone());
+                    }
+                })
+                .probe_with(&probe);
+            let inputs = Inputs {
+                events: events_in,
+                rules: rules_in,
+                policies: policies_in,
+            };
+            (inputs, probe)
         });
-        if index == 0 {
-            let mut changes = input.rules.iter().peekable();
-            let mut in_force: Vec<Rule> = Vec::new();
+        if worker.index() == 0 {
+            let mut inputs = inputs;
+            let mut changes: Vec<(Time, Change<'_>)> = input
+                .rules
+                .iter()
+                .map(|(t, r)| (*t, Change::Rules(r)))
+                .chain(
+                    input
+                        .policies
+                        .iter()
+                        .map(|(t, p)| (*t, Change::Policies(p))),
+                )
+                .filter(|(t, _)| *t <= end)
+                .collect();
+            changes.sort_by_key(|(t, _)| *t);
+            let mut changes = changes.into_iter().peekable();
+            let mut events = input.events.iter().peekable();
+            let mut rules_now: Vec<Rule> = Vec::new();
+            let mut policies_now: Vec<(PolicyScope, Policy)> = Vec::new();
             let mut now: Time = 0;
             let mut fed = 0usize;
-            for (time, event) in &input.events {
-                while let Some((at, rules)) = changes.next_if(|(at, _)| *at <= *time) {
-                    now = now.max(*at);
-                    events_in.advance_to(now);
-                    rules_in.advance_to(now);
-                    replace_rules(rules, &mut in_force, &mut rules_in);
+            loop {
+                let next_event = events.peek().map(|(t, _)| *t);
+                let next_change = changes.peek().map(|(t, _)| *t);
+                let change_first = match (next_event, next_change) {
+                    (None, None) => break,
+                    (Some(te), Some(tc)) => tc <= te,
+                    (None, Some(_)) => true,
+                    (Some(_), None) => false,
+                };
+                if change_first {
+                    let (at, change) = changes.next().expect("peeked");
+                    now = now.max(at);
+                    inputs.advance_to(now);
+                    match change {
+                        Change::Rules(r) => replace(r.to_vec(), &mut rules_now, &mut inputs.rules),
+                        Change::Policies(p) => {
+                            replace(p.records(), &mut policies_now, &mut inputs.policies)
+                        }
+                    }
+                    continue;
                 }
-                if *time > now {
-                    now = *time;
-                    events_in.advance_to(now);
-                    rules_in.advance_to(now);
+                let (at, event) = events.next().expect("peeked");
+                if *at > now {
+                    now = *at;
+                    inputs.advance_to(now);
                 }
-                events_in.insert(event.clone());
+                inputs.events.insert(event.clone());
                 fed += 1;
                 if fed.is_multiple_of(BATCH) {
-                    events_in.flush();
-                    rules_in.flush();
+                    inputs.flush();
                     let lag = now;
                     worker.step_while(|| probe.less_than(&lag));
-                    bar.set_position(fed as u64);
+                    worker_bar.set_position(fed as u64);
                 }
             }
-            for (at, rules) in changes.filter(|(at, _)| *at <= end) {
-                now = now.max(*at);
-                events_in.advance_to(now);
-                rules_in.advance_to(now);
-                replace_rules(rules, &mut in_force, &mut rules_in);
-            }
-            events_in.advance_to(end + 1);
-            rules_in.advance_to(end + 1);
-            events_in.flush();
-            rules_in.flush();
+            inputs.advance_to(end + 1);
+            inputs.flush();
+            worker.step_while(|| probe.less_than(&(end + 1)));
         } else {
-            drop(events_in);
-            drop(rules_in);
+            drop(inputs);
+            worker.step_while(|| probe.less_than(&(end + 1)));
         }
-        worker.step_while(|| probe.less_than(&(end + 1)));
         // Everything up to `end` is final; the future (window and bucket expiries) is not needed.
         for dataflow in worker.installed_dataflows() {
             worker.drop_dataflow(dataflow);
@@ -168,7 +260,12 @@ pub fn run_with_progress(
         result.map_err(|_| EngineError::WorkerPanicked)?;
     }
     bar.finish_and_clear();
-    let mut anomalies = std::mem::take(&mut *collected.lock().expect("collector poisoned"));
+    let mut anomalies = std::mem::take(&mut *anomalies_out.lock().expect("collector"));
+    let mut decisions = std::mem::take(&mut *decisions_out.lock().expect("collector"));
     anomalies.sort();
-    Ok(anomalies)
+    decisions.sort_by(|a, b| (a.decided_at, &a.id).cmp(&(b.decided_at, &b.id)));
+    Ok(EngineOutput {
+        anomalies,
+        decisions,
+    })
 }

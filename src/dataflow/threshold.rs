@@ -45,7 +45,7 @@ pub struct Over {
 pub fn detect<'s>(
     events: VecCollection<'s, Time, Event, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
-) -> Stream<'s, Time, Vec<Anomaly>> {
+) -> VecCollection<'s, Time, Anomaly, isize> {
     let matched = match_rules(events, rules.clone());
 
     // Rule parameters by shape: a rule is in force while its shape has an entry here.
@@ -165,7 +165,7 @@ pub fn detect<'s>(
             });
     let over = over_dynamic.concat(over_default);
 
-    episodes(over, matched)
+    episodes(over, matched).as_collection()
 }
 
 /// Matches each event against the rules in force at its time (an as-of join): the rules
@@ -229,7 +229,7 @@ fn match_rules<'s>(
 fn episodes<'s>(
     over: VecCollection<'s, Time, (CKey, Over), isize>,
     matched: VecCollection<'s, Time, (CKey, Counted), isize>,
-) -> Stream<'s, Time, Vec<Anomaly>> {
+) -> Stream<'s, Time, Vec<(Anomaly, Time, isize)>> {
     let mut present: HashMap<CKey, HashMap<Over, isize>> = HashMap::new();
     let mut latest: HashMap<CKey, Counted> = HashMap::new();
     let mut expiry: BTreeMap<Time, Vec<CKey>> = BTreeMap::new();
@@ -285,7 +285,7 @@ fn episodes<'s>(
                 let now = details.and_then(|m| m.iter().find(|(_, c)| **c > 0));
                 match now {
                     Some((over, _)) if !was_over => {
-                        out.push(anomaly(&key, over, at.time, latest.get(&key)));
+                        out.push((anomaly(&key, over, at.time, latest.get(&key)), at.time, 1));
                     }
                     None => {
                         present.remove(&key);

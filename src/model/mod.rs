@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
+pub mod decision;
+
 /// Event time and dataflow time: whole unix seconds.
 pub type Time = u64;
 

@@ -3,6 +3,8 @@
 //! but none of its operator code: it re-evaluates every key at every time where anything can
 //! change (an event, an event leaving its window, a bucket closing or expiring, a rule change).
 
+pub mod decisions;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::dataflow::EngineInput;
@@ -22,6 +24,16 @@ fn rules_at(timeline: &[(Time, Vec<Rule>)], time: Time) -> &[Rule] {
         .rev()
         .find(|(from, _)| *from <= time)
         .map_or(&[], |(_, rules)| rules.as_slice())
+}
+
+/// Everything the engine outputs, computed the plain way.
+pub fn evaluate(input: &EngineInput) -> crate::dataflow::EngineOutput {
+    let anomalies = threshold_anomalies(input);
+    let decisions = decisions::decisions(input, &anomalies);
+    crate::dataflow::EngineOutput {
+        anomalies,
+        decisions,
+    }
 }
 
 /// All threshold anomalies up to `input.end`, sorted.

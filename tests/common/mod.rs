@@ -6,6 +6,7 @@
 
 use aer::dataflow::EngineInput;
 use aer::io::sequencer::Sequencer;
+use aer::model::decision::{Exclusion, LoopGuard, Mode, Policies, Policy};
 use aer::model::{Eval, Event, GroupBy, Rule, Time};
 use proptest::prelude::*;
 
@@ -41,7 +42,7 @@ pub fn arrivals(max_bursts: usize) -> impl Strategy<Value = Vec<Arrival>> {
         0u64..400,  // start
         0u8..3,     // enterprise
         0u8..4,     // user
-        0usize..4,  // action
+        0usize..6,  // action (4 and 5: downloads and shares interleaved)
         1usize..14, // events
         0u64..6,    // spacing
         0u8..3,     // session
@@ -56,14 +57,12 @@ pub fn arrivals(max_bursts: usize) -> impl Strategy<Value = Vec<Arrival>> {
             for (start, ent, user, action, n, spacing, session) in bursts {
                 for j in 0..n {
                     let i = events.len();
-                    events.push(event(
-                        i,
-                        start + j as u64 * spacing,
-                        ent,
-                        user,
-                        action,
-                        session,
-                    ));
+                    let (action, t) = match action {
+                        // Both rules fire for one user in the same second.
+                        4 | 5 => (j % 2, start + (j / 2) as u64 * spacing),
+                        a => (a, start + j as u64 * spacing),
+                    };
+                    events.push(event(i, t, ent, user, action, session));
                 }
             }
             events.sort_by_key(|e| e.time);
@@ -188,6 +187,66 @@ pub fn timeline_strategy() -> impl Strategy<Value = Vec<(Time, Vec<Rule>)>> {
         })
 }
 
+fn policy_strategy() -> impl Strategy<Value = Policy> {
+    let mode = prop::sample::select(vec![Mode::Off, Mode::Monitor, Mode::Respond, Mode::Respond]);
+    (
+        mode.clone(),
+        mode.clone(),
+        mode,
+        prop::option::of((0u8..3, 0u8..4, any::<bool>())),
+        prop::sample::select(vec![20u64, 60, 200]),
+        prop::sample::select(vec![5u64, 15, 40]),
+        1u64..4,
+    )
+        .prop_map(|(dl, sh, login, exclusion, window, cooldown, max_resets)| {
+            let mut policy = Policy::default();
+            policy.modes.insert("excessive_downloads".into(), dl);
+            policy.modes.insert("excessive_file_shares".into(), sh);
+            policy.modes.insert("login_burst".into(), login);
+            if let Some((ent, user, by_group)) = exclusion {
+                let user = format!("U{ent}{user}");
+                let mut ex = Exclusion::default();
+                if by_group {
+                    policy
+                        .groups
+                        .insert("g".into(), [user].into_iter().collect());
+                    ex.groups.insert("g".into());
+                } else {
+                    ex.users.insert(user);
+                }
+                ex.reasons.insert("excessive_downloads".into());
+                policy.exclusions.push(ex);
+            }
+            policy.loop_guard = LoopGuard {
+                window,
+                cooldown,
+                max_resets,
+            };
+            policy
+        })
+}
+
+/// Policies: a default and sometimes one enterprise of its own, changing up to twice.
+pub fn policies_strategy() -> impl Strategy<Value = Vec<(Time, Policies)>> {
+    fn policies() -> impl Strategy<Value = Policies> {
+        (policy_strategy(), prop::option::of(policy_strategy())).prop_map(|(d, e1)| Policies {
+            default: d,
+            enterprises: e1.into_iter().map(|p| ("E1".to_string(), p)).collect(),
+        })
+    }
+    (
+        policies(),
+        prop::collection::vec((1u64..450, policies()), 0..3),
+    )
+        .prop_map(|(first, mut changes)| {
+            changes.sort_by_key(|c| c.0);
+            changes.dedup_by_key(|c| c.0);
+            let mut timeline = vec![(0, first)];
+            timeline.extend(changes);
+            timeline
+        })
+}
+
 /// Runs arrivals through the sequencer with the given lateness, as a live source would.
 pub fn sequence(
     arrivals: &[Arrival],
@@ -203,6 +262,8 @@ pub fn sequence(
     EngineInput {
         events,
         rules: timeline,
+        policies: vec![(0, Policies::default())],
+        session_expiry: 30,
         end,
     }
 }

@@ -1,0 +1,172 @@
+//! The decision framework (DESIGN 5) as a dataflow stage: one deterministic fold per (enterprise,
+//! user). Events (for when each session was first seen) and anomalies are routed by that key; the
+//! policy collection is broadcast. Each second is processed once both inputs have passed it:
+//! policy changes first, then the second's events, then its anomalies in id order, so a decision
+//! made for a time is never revised and a policy change at t applies from t on.
+
+use differential_dataflow::{Hashable, VecCollection};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::Stream;
+
+use super::ops::ordered_binary;
+use crate::model::decision::{Decision, Policy, PolicyScope, UserFold, LOOP_HORIZON};
+use crate::model::{Anomaly, Event, Time};
+
+/// What the fold reads per (enterprise, user).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum FoldInput {
+    /// The user acted in a session (enterprise, user, session).
+    Seen(String, String, String),
+    Anomaly(Anomaly),
+}
+
+impl FoldInput {
+    fn route(&self) -> u64 {
+        match self {
+            FoldInput::Seen(e, u, _) => (e, u).hashed(),
+            FoldInput::Anomaly(a) => (&a.enterprise, &a.user).hashed(),
+        }
+    }
+}
+
+/// A session's first and last sighting.
+struct SessionSeen {
+    first: Time,
+    last: Time,
+}
+
+/// Builds the decision stage; returns the decisions, each at its anomaly's time.
+pub fn decide<'s>(
+    events: VecCollection<'s, Time, Event, isize>,
+    anomalies: VecCollection<'s, Time, Anomaly, isize>,
+    policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
+    session_expiry: u64,
+) -> Stream<'s, Time, Vec<(Decision, Time, isize)>> {
+    let seen = events.flat_map(|e| e.session.map(|s| FoldInput::Seen(e.enterprise, e.user, s)));
+    let folded = seen.concat(anomalies.map(FoldInput::Anomaly));
+
+    let mut in_force: BTreeMap<(PolicyScope, Policy), isize> = BTreeMap::new();
+    let mut current: HashMap<PolicyScope, Policy> = HashMap::new();
+    let fallback = Policy::default();
+    let mut sessions: HashMap<(String, String, String), SessionSeen> = HashMap::new();
+    let mut session_expiry_at: BTreeMap<Time, Vec<(String, String, String)>> = BTreeMap::new();
+    let mut folds: HashMap<(String, String), UserFold> = HashMap::new();
+    let mut fold_expiry_at: BTreeMap<Time, Vec<(String, String)>> = BTreeMap::new();
+
+    ordered_binary(
+        folded.inner,
+        policies.inner.broadcast(),
+        Exchange::new(|(d, _, _): &(FoldInput, Time, isize)| d.route()),
+        Pipeline,
+        "DecisionFold",
+        move |at, out| {
+            let now = at.time;
+            if !at.right.is_empty() {
+                for (record, diff) in at.right {
+                    let count = in_force.entry(record.clone()).or_insert(0);
+                    *count += diff;
+                    if *count == 0 {
+                        in_force.remove(&record);
+                    }
+                }
+                current.clear();
+                for ((scope, policy), count) in &in_force {
+                    if *count > 0 {
+                        current.insert(scope.clone(), policy.clone());
+                    }
+                }
+            }
+            let mut anomalies = Vec::new();
+            for (input, diff) in at.left {
+                if diff <= 0 {
+                    continue;
+                }
+                match input {
+                    FoldInput::Seen(e, u, s) => {
+                        let key = (e, u, s);
+                        match sessions.get_mut(&key) {
+                            Some(seen) if now - seen.last <= session_expiry => seen.last = now,
+                            _ => {
+                                sessions.insert(
+                                    key.clone(),
+                                    SessionSeen {
+                                        first: now,
+                                        last: now,
+                                    },
+                                );
+                            }
+                        }
+                        session_expiry_at
+                            .entry(now + session_expiry + 1)
+                            .or_default()
+                            .push(key);
+                    }
+                    FoldInput::Anomaly(a) => anomalies.push(a),
+                }
+            }
+            // Forget sessions idle for longer than the expiry: exactly as if they had expired.
+            while let Some(entry) = session_expiry_at.first_entry() {
+                if *entry.key() > now {
+                    break;
+                }
+                for key in entry.remove() {
+                    if sessions
+                        .get(&key)
+                        .is_some_and(|s| now - s.last > session_expiry)
+                    {
+                        sessions.remove(&key);
+                    }
+                }
+            }
+            anomalies.sort_by(|a, b| a.id.cmp(&b.id));
+            for anomaly in anomalies {
+                let policy = current
+                    .get(&Some(anomaly.enterprise.clone()))
+                    .or_else(|| current.get(&None))
+                    .unwrap_or(&fallback);
+                let first_seen = anomaly.session_id.as_ref().and_then(|s| {
+                    sessions
+                        .get(&(anomaly.enterprise.clone(), anomaly.user.clone(), s.clone()))
+                        .filter(|seen| now - seen.last <= session_expiry)
+                        .map(|seen| seen.first)
+                });
+                let key = (anomaly.enterprise.clone(), anomaly.user.clone());
+                let decision = folds
+                    .entry(key.clone())
+                    .or_default()
+                    .decide(anomaly, policy, first_seen);
+                if decision.resets_sessions {
+                    fold_expiry_at
+                        .entry(now + LOOP_HORIZON)
+                        .or_default()
+                        .push(key);
+                }
+                tracing::info!(
+                    decision_id = %decision.id,
+                    anomaly_id = %decision.anomaly.id,
+                    enterprise = %decision.enterprise,
+                    user = %decision.user,
+                    reason = %decision.anomaly.reason,
+                    outcome = decision.outcome.as_str(),
+                    escalate = decision.escalate,
+                    "decision"
+                );
+                out.push((decision, now, 1));
+            }
+            // Evict users whose fold state can no longer change a decision.
+            while let Some(entry) = fold_expiry_at.first_entry() {
+                if *entry.key() > now {
+                    break;
+                }
+                for key in entry.remove() {
+                    if folds.get(&key).is_some_and(|f| f.is_idle(now)) {
+                        folds.remove(&key);
+                    }
+                }
+            }
+        },
+    )
+}
