@@ -289,16 +289,25 @@ pub fn demo_summary(report: &ReplayReport, labels: &[Label]) -> String {
     ));
     for label in labels {
         match report.anomalies.iter().find(|a| catches(a, label)) {
-            Some(a) => text.push_str(&format!(
-                "  CAUGHT {:<20} {} {:<12} at {} ({}s after it began)\n         {}: {}\n",
-                label.kind,
-                label.enterprise,
-                label.key,
-                when(a.detected_at),
-                a.detected_at - label.start,
-                a.reason,
-                a.evidence.explanation
-            )),
+            Some(a) => {
+                text.push_str(&format!(
+                    "  CAUGHT {:<20} {} {:<12} at {} ({}s after it began)\n         {}: {}\n",
+                    label.kind,
+                    label.enterprise,
+                    label.key,
+                    when(a.detected_at),
+                    a.detected_at - label.start,
+                    a.reason,
+                    a.evidence.explanation
+                ));
+                if let Some(d) = report.decisions.iter().find(|d| d.anomaly.id == a.id) {
+                    let own = d
+                        .explanation
+                        .strip_suffix(&format!(": {}", a.evidence.explanation))
+                        .unwrap_or(&d.explanation);
+                    text.push_str(&format!("         decision: {own}\n"));
+                }
+            }
             None => text.push_str(&format!(
                 "  MISSED {:<20} {} {:<12} from {}\n",
                 label.kind,
@@ -308,6 +317,17 @@ pub fn demo_summary(report: &ReplayReport, labels: &[Label]) -> String {
             )),
         }
     }
+    let outcomes: Vec<String> = report
+        .summary
+        .decisions_by_outcome
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    text.push_str(&format!(
+        "decisions: {} ({}); modes are Slack's defaults: only tor and unexpected_scraping reset sessions unless configured\n",
+        report.summary.decisions,
+        outcomes.join(", ")
+    ));
     let others: Vec<&Anomaly> = report
         .anomalies
         .iter()

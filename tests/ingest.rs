@@ -106,7 +106,12 @@ fn replay_output_is_identical_for_one_and_two_workers() {
         .unwrap();
         outs.push(out);
     }
-    for name in ["anomalies.jsonl", "rejects.jsonl", "summary.json"] {
+    for name in [
+        "anomalies.jsonl",
+        "decisions.jsonl",
+        "rejects.jsonl",
+        "summary.json",
+    ] {
         assert_eq!(
             sorted_lines(&outs[0].join(name)),
             sorted_lines(&outs[1].join(name)),
@@ -114,6 +119,8 @@ fn replay_output_is_identical_for_one_and_two_workers() {
         );
     }
     let anomalies = sorted_lines(&outs[0].join("anomalies.jsonl"));
+    let decisions = sorted_lines(&outs[0].join("decisions.jsonl"));
+    assert_eq!(decisions.len(), anomalies.len(), "one decision per anomaly");
     assert!(
         !anomalies.is_empty(),
         "the injected attacks produce anomalies"
