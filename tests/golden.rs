@@ -217,3 +217,47 @@ fn a_removed_rule_stops_firing_and_a_changed_one_applies_from_its_time() {
     assert!(threshold_anomalies(&removed).is_empty());
     assert!(run(Arc::new(removed), 2).unwrap().anomalies.is_empty());
 }
+
+#[test]
+fn rules_grouped_by_ip_name_the_users_involved() {
+    // Failed logins per source IP, W = 10 s, threshold 3. U1 fails at 1, then U2, U3 and U4.
+    let failed = |id: &str, t: u64, user: &str| Event {
+        ip: Some("203.0.113.9".into()),
+        session: None,
+        ..ev(id, t, "E", user, "user_login_failed", "")
+    };
+    let events: Vec<_> = vec![
+        failed("f1", 1, "U1"),
+        failed("f2", 5, "U2"),
+        failed("f3", 8, "U3"),
+        failed("f4", 11, "U2"),
+        failed("f5", 11, "U4"),
+        // Another IP with as many failures, all from one user, below the threshold per IP.
+        Event {
+            ip: Some("198.51.100.1".into()),
+            ..failed("g1", 11, "U5")
+        },
+    ]
+    .into_iter()
+    .map(|e| (e.time, e))
+    .collect();
+    let mut by_ip = rule();
+    by_ip.reason = "unexpected_credential_testing".into();
+    by_ip.actions = ["user_login_failed".to_string()].into_iter().collect();
+    by_ip.group_by = GroupBy::Ip;
+    by_ip.eval.default_threshold = 3;
+    by_ip.eval.min_samples = 1000;
+    let input = EngineInput::new(events, vec![by_ip], Default::default());
+    let reference = threshold_anomalies(&input);
+    let engine = run(Arc::new(input), 2).unwrap().anomalies;
+    assert_eq!(engine, reference);
+    assert_eq!(reference.len(), 1);
+    let a = &reference[0];
+    // At 11 the window (1, 11] holds 4 failures; U1's at 1 is exactly one window old: not in it.
+    assert_eq!(
+        (a.user.as_str(), a.detected_at, a.observed),
+        ("203.0.113.9", 11, 4)
+    );
+    assert_eq!(a.evidence.users, vec!["U2", "U3", "U4"]);
+    assert_eq!(a.session_id, None);
+}

@@ -28,7 +28,15 @@ pub struct Counted {
     /// The time the event was processed at.
     pub time: Time,
     pub id: String,
+    pub user: String,
     pub session: Option<String>,
+}
+
+/// What the episode detector remembers of a key's window: its latest counted event and the
+/// last time each user was counted.
+struct Recent {
+    latest: Counted,
+    users: BTreeMap<String, Time>,
 }
 
 /// A key over its threshold, with the numbers that put it there.
@@ -213,6 +221,7 @@ fn match_rules<'s>(
                             history: rule.history,
                             time: at.time,
                             id: event.id.clone(),
+                            user: event.user.clone(),
                             session: event.session.clone(),
                         };
                         out.push(((key, counted), at.time, diff));
@@ -225,13 +234,14 @@ fn match_rules<'s>(
 }
 
 /// Emits one anomaly per episode: at each time a key enters the "over" collection. Keeps, per key,
-/// the latest counted event (for the anomaly's session), evicted once outside the window.
+/// the latest counted event (for the anomaly's session) and the users counted in the window,
+/// evicted once outside it.
 fn episodes<'s>(
     over: VecCollection<'s, Time, (CKey, Over), isize>,
     matched: VecCollection<'s, Time, (CKey, Counted), isize>,
 ) -> Stream<'s, Time, Vec<(Anomaly, Time, isize)>> {
     let mut present: HashMap<CKey, HashMap<Over, isize>> = HashMap::new();
-    let mut latest: HashMap<CKey, Counted> = HashMap::new();
+    let mut recent: HashMap<CKey, Recent> = HashMap::new();
     let mut expiry: BTreeMap<Time, Vec<CKey>> = BTreeMap::new();
     ordered_binary(
         over.inner,
@@ -244,15 +254,27 @@ fn episodes<'s>(
                 if diff <= 0 {
                     continue;
                 }
-                let newer = latest
-                    .get(&key)
-                    .is_none_or(|l| (l.time, &l.id) < (counted.time, &counted.id));
-                if newer {
-                    expiry
-                        .entry(counted.time + counted.window)
-                        .or_default()
-                        .push(key.clone());
-                    latest.insert(key, counted);
+                expiry
+                    .entry(counted.time + counted.window)
+                    .or_default()
+                    .push(key.clone());
+                match recent.get_mut(&key) {
+                    Some(r) => {
+                        r.users.insert(counted.user.clone(), counted.time);
+                        if (r.latest.time, &r.latest.id) < (counted.time, &counted.id) {
+                            r.latest = counted;
+                        }
+                    }
+                    None => {
+                        let users = [(counted.user.clone(), counted.time)].into();
+                        recent.insert(
+                            key,
+                            Recent {
+                                latest: counted,
+                                users,
+                            },
+                        );
+                    }
                 }
             }
             while let Some(entry) = expiry.first_entry() {
@@ -260,11 +282,14 @@ fn episodes<'s>(
                     break;
                 }
                 for key in entry.remove() {
-                    if latest
-                        .get(&key)
-                        .is_some_and(|l| l.time + l.window <= at.time)
-                    {
-                        latest.remove(&key);
+                    let Some(r) = recent.get_mut(&key) else {
+                        continue;
+                    };
+                    let window = r.latest.window;
+                    if r.latest.time + window <= at.time {
+                        recent.remove(&key);
+                    } else {
+                        r.users.retain(|_, t| *t + window > at.time);
                     }
                 }
             }
@@ -285,7 +310,7 @@ fn episodes<'s>(
                 let now = details.and_then(|m| m.iter().find(|(_, c)| **c > 0));
                 match now {
                     Some((over, _)) if !was_over => {
-                        out.push((anomaly(&key, over, at.time, latest.get(&key)), at.time, 1));
+                        out.push((anomaly(&key, over, at.time, recent.get(&key)), at.time, 1));
                     }
                     None => {
                         present.remove(&key);
@@ -297,16 +322,25 @@ fn episodes<'s>(
     )
 }
 
-fn anomaly(key: &CKey, over: &Over, time: Time, latest: Option<&Counted>) -> Anomaly {
+fn anomaly(key: &CKey, over: &Over, time: Time, recent: Option<&Recent>) -> Anomaly {
     let (enterprise, _, group) = key;
-    if latest.is_none() {
+    if recent.is_none() {
         tracing::error!(
             enterprise,
             key = group,
             "over threshold with no counted event"
         );
     }
+    let latest = recent.map(|r| &r.latest);
     let session = latest.and_then(|l| l.session.clone());
+    let window = over.rule.window;
+    let users = recent.map_or_else(Vec::new, |r| {
+        r.users
+            .iter()
+            .filter(|(_, t)| **t + window > time)
+            .map(|(u, _)| u.clone())
+            .collect()
+    });
     Anomaly {
         id: Anomaly::make_id(
             enterprise,
@@ -328,6 +362,8 @@ fn anomaly(key: &CKey, over: &Over, time: Time, latest: Option<&Counted>) -> Ano
             window_secs: over.rule.window,
             history_secs: over.rule.history,
             latest_event_id: latest.map(|l| l.id.clone()).unwrap_or_default(),
+            users,
+            details: BTreeMap::new(),
             explanation: explain_threshold(
                 &over.rule,
                 over.observed,

@@ -3,7 +3,7 @@
 //! small constructors and the deterministic ids that DESIGN.md fixes.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub mod decision;
 
@@ -184,6 +184,13 @@ pub struct Evidence {
     pub history_secs: u64,
     /// The latest counted event at or before `detected_at` (ties: greatest id).
     pub latest_event_id: String,
+    /// The users involved: those with counted events in the window at `detected_at` (for a
+    /// rule counted per user, that user).
+    pub users: Vec<String>,
+    /// Detector-specific facts (for example both fingerprints of a session); empty for
+    /// threshold rules.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
     /// A one-line human explanation.
     pub explanation: String,
 }

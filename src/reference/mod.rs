@@ -13,6 +13,7 @@ use crate::model::{explain_threshold, Anomaly, Baseline, Evidence, Rule, ShapeId
 struct Hit<'a> {
     time: Time,
     key: &'a str,
+    user: &'a str,
     id: &'a str,
     session: Option<&'a str>,
 }
@@ -55,6 +56,7 @@ pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                 .push(Hit {
                     time: *time,
                     key,
+                    user: &event.user,
                     id: &event.id,
                     session: event.session.as_deref(),
                 });
@@ -135,6 +137,14 @@ pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                         window_secs: w,
                         history_secs: h,
                         latest_event_id: latest.id.to_string(),
+                        users: hits
+                            .iter()
+                            .filter(|x| x.key == *key && x.time <= now && x.time + w > now)
+                            .map(|x| x.user.to_string())
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect(),
+                        details: BTreeMap::new(),
                         explanation: explain_threshold(rule, *count, threshold, &baseline),
                     },
                 });

@@ -31,7 +31,7 @@ fn event(i: usize, time: Time, ent: u8, user: u8, action: usize, session: u8) ->
         enterprise: format!("E{ent}"),
         user: format!("U{ent}{user}"),
         session: (session > 0).then(|| format!("s{ent}{user}{session}")),
-        ip: Some(format!("10.0.{ent}.{user}")),
+        ip: Some(format!("10.0.{ent}.{}", user / 2)), // two users share an IP
         ua: None,
     }
 }
