@@ -20,7 +20,7 @@ use crate::model::{Anomaly, Event, Time};
 pub enum FoldInput {
     /// The user acted in a session (enterprise, user, session).
     Seen(String, String, String),
-    Anomaly(Anomaly),
+    Anomaly(Box<Anomaly>),
 }
 
 impl FoldInput {
@@ -46,7 +46,7 @@ pub fn decide<'s>(
     session_expiry: u64,
 ) -> Stream<'s, Time, Vec<(Decision, Time, isize)>> {
     let seen = events.flat_map(|e| e.session.map(|s| FoldInput::Seen(e.enterprise, e.user, s)));
-    let folded = seen.concat(anomalies.map(FoldInput::Anomaly));
+    let folded = seen.concat(anomalies.map(|a| FoldInput::Anomaly(Box::new(a))));
 
     let mut in_force: BTreeMap<(PolicyScope, Policy), isize> = BTreeMap::new();
     let mut current: HashMap<PolicyScope, Policy> = HashMap::new();
@@ -104,7 +104,7 @@ pub fn decide<'s>(
                             .or_default()
                             .push(key);
                     }
-                    FoldInput::Anomaly(a) => anomalies.push(a),
+                    FoldInput::Anomaly(a) => anomalies.push(*a),
                 }
             }
             // Forget sessions idle for longer than the expiry: exactly as if they had expired.
