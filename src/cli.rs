@@ -57,6 +57,20 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Convert an OpenSSH syslog (auth.log) into Slack-shaped audit entries (JSON lines).
+    AdaptSshd {
+        /// The syslog file (`-` for stdin).
+        file: PathBuf,
+        /// The year of the log's timestamps (syslog lines carry none); times are taken as UTC.
+        #[arg(long)]
+        year: i32,
+        /// The enterprise id given to every entry.
+        #[arg(long, default_value = "sshd")]
+        enterprise: String,
+        /// Output file (`-` for stdout).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
     /// Generate a workload, replay it with the built-in rules, and show what was caught and why.
     Demo {
         #[arg(long, default_value_t = 200_000)]
@@ -106,6 +120,12 @@ pub fn main() -> ExitCode {
                 ..GenerateOptions::default()
             },
         ),
+        Command::AdaptSshd {
+            file,
+            year,
+            enterprise,
+            out,
+        } => cmd_adapt_sshd(file, year, enterprise, out),
         Command::Demo {
             events,
             workers,
@@ -219,6 +239,39 @@ fn cmd_generate(
         "generated {} entries with {} injected attacks",
         generated.lines,
         generated.labels.len()
+    );
+    Ok(())
+}
+
+fn cmd_adapt_sshd(
+    file: PathBuf,
+    year: i32,
+    enterprise: String,
+    out: PathBuf,
+) -> Result<(), AnyError> {
+    let options = crate::io::sshd::SshdOptions { year, enterprise };
+    let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(&file)
+            .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let stats = if out.as_os_str() == "-" {
+        let stdout = std::io::stdout();
+        let mut w = BufWriter::new(stdout.lock());
+        let s = crate::io::sshd::convert(input, &mut w, &options)?;
+        w.flush()?;
+        s
+    } else {
+        let mut w = BufWriter::new(std::fs::File::create(&out)?);
+        let s = crate::io::sshd::convert(input, &mut w, &options)?;
+        w.flush()?;
+        s
+    };
+    eprintln!(
+        "{} lines: {} failed logins, {} accepted, {} other lines skipped, {} with unreadable times",
+        stats.lines, stats.failed, stats.accepted, stats.skipped, stats.bad_time
     );
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod codec;
 pub mod sequencer;
 pub mod sink;
 pub mod source;
+pub mod sshd;
 
 /// A progress bar on stderr with the given template, or a hidden one when `show` is false.
 pub fn progress_bar(len: u64, template: &str, show: bool) -> indicatif::ProgressBar {
