@@ -16,7 +16,9 @@
 //! actions = ["file_downloaded", "file_previewed"]
 //! ```
 
-use crate::model::decision::{Exclusion, LoopGuard, Mode, Policies, Policy, LOOP_HORIZON};
+use crate::model::decision::{
+    AllowList, Exclusion, LoopGuard, Mode, Policies, Policy, LOOP_HORIZON,
+};
 use crate::model::{Eval, GroupBy, Rule};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -59,6 +61,76 @@ pub struct Config {
     /// Per-enterprise policies (keyed by `context.location.id`), merged over `[decisions]`.
     #[serde(default)]
     pub enterprises: BTreeMap<String, PolicyConfig>,
+    #[serde(default)]
+    pub detectors: DetectorsConfig,
+}
+
+/// `[detectors]`: the heuristic detectors (DESIGN 4.2) and the tables they use.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorsConfig {
+    /// History H: first-seen sets, sessions and flags expire after this much inactivity.
+    /// Default 14 d.
+    #[serde(with = "humantime_serde_compat", default = "default_detector_history")]
+    pub history: Duration,
+    /// Events a user needs within H before a new client family, ASN or /16 is unexpected.
+    /// Default 20.
+    #[serde(default = "default_min_history")]
+    pub min_history: u64,
+    /// An ip2asn TSV table (range start, range end, AS number, country, description). Without
+    /// one, the `asn` detector is off and fingerprints use the /24 (/64) prefix.
+    pub asn_table: Option<std::path::PathBuf>,
+    /// A Tor exit-node list: one IP per line, `#` comments. Without one, `tor` is off.
+    pub tor_exit_list: Option<std::path::PathBuf>,
+    /// User-agent substrings (case-insensitive) of scripted clients.
+    #[serde(default = "default_scripted_clients")]
+    pub scripted_clients: Vec<String>,
+    /// Detectors to turn off, by reason (for example `["ip_address"]`).
+    #[serde(default)]
+    pub disabled: BTreeSet<String>,
+}
+
+fn default_detector_history() -> Duration {
+    Duration::from_secs(14 * 86_400)
+}
+fn default_min_history() -> u64 {
+    20
+}
+/// The built-in scripted clients.
+pub fn default_scripted_clients() -> Vec<String> {
+    [
+        "curl/",
+        "python-requests/",
+        "python-urllib/",
+        "go-http-client/",
+        "wget/",
+        "okhttp/",
+        "aiohttp/",
+        "postmanruntime/",
+        "axios/",
+        "node-fetch/",
+        "libwww-perl/",
+        "httpie/",
+        "java/",
+        "apache-httpclient/",
+        "powershell/",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+impl Default for DetectorsConfig {
+    fn default() -> Self {
+        DetectorsConfig {
+            history: default_detector_history(),
+            min_history: default_min_history(),
+            asn_table: None,
+            tor_exit_list: None,
+            scripted_clients: default_scripted_clients(),
+            disabled: BTreeSet::new(),
+        }
+    }
 }
 
 /// `[decisions]` and `[enterprises.<id>]`: a decision policy (DESIGN 5). In an enterprise's
@@ -78,6 +150,34 @@ pub struct PolicyConfig {
     pub exclusions: Option<Vec<Exclusion>>,
     #[serde(rename = "loop")]
     pub loop_guard: Option<LoopConfig>,
+    /// Trusted networks: `{cidrs = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"], asns = [64500]}`.
+    /// Events from them never produce anomalies and never enter baselines.
+    pub allow: Option<AllowConfig>,
+}
+
+/// `allow`: trusted CIDRs (a bare address is a /32 or /128) and AS numbers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub asns: Vec<u32>,
+}
+
+impl AllowConfig {
+    fn compile(&self) -> Result<AllowList, String> {
+        let mut list = AllowList::default();
+        for text in &self.cidrs {
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| format!("allow.cidrs: {text:?} is not a CIDR or an IP address"))?;
+            list.cidrs.insert(net.trunc());
+        }
+        list.asns.extend(self.asns.iter().copied());
+        Ok(list)
+    }
 }
 
 /// `loop`: the loop guard. Defaults: window 24h, cooldown 15m, max_resets 3; window and
@@ -98,6 +198,9 @@ impl PolicyConfig {
         policy.groups.extend(self.groups.clone());
         if let Some(ex) = &self.exclusions {
             policy.exclusions = ex.clone();
+        }
+        if let Some(allow) = &self.allow {
+            policy.allow = allow.compile()?;
         }
         for ex in &policy.exclusions {
             if let Some(g) = ex.groups.iter().find(|g| !policy.groups.contains_key(*g)) {
@@ -531,6 +634,25 @@ mod tests {
             .to_string()
             .contains("at most 7d"));
         assert!(toml::from_str::<Config>("[decisions]\nmodes = { tor = \"kill\" }").is_err());
+        let allow: Config = toml::from_str(
+            "[enterprises.E1.allow]\ncidrs = [\"10.1.2.3/8\", \"192.0.2.7\", \"2001:db8::/32\"]\nasns = [64500]",
+        )
+        .unwrap();
+        let p = allow.policies().unwrap();
+        let e1 = &p.for_enterprise("E1").allow;
+        assert!(e1.allows(Some("10.200.0.1"), None));
+        assert!(e1.allows(Some("192.0.2.7"), None));
+        assert!(!e1.allows(Some("192.0.2.8"), None));
+        assert!(e1.allows(Some("2001:db8::1"), None));
+        assert!(e1.allows(Some("8.8.8.8"), Some(64500)));
+        assert!(!e1.allows(None, None));
+        assert!(!p.default.allow.allows(Some("10.200.0.1"), None));
+        let bad: Config = toml::from_str("[decisions.allow]\ncidrs = [\"10.0.0.0/33\"]").unwrap();
+        assert!(bad
+            .policies()
+            .unwrap_err()
+            .to_string()
+            .contains("not a CIDR"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
 use crate::dataflow::{self, EngineError, EngineInput};
+use crate::io::asn::{AsnError, AsnTable};
 use crate::io::codec::Reject;
 use crate::io::sequencer::Sequencer;
 use crate::io::sink::{self, SinkError};
@@ -30,6 +31,8 @@ pub enum ReplayError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Asn(#[from] AsnError),
     #[error("cannot create output directory {path}: {source}")]
     OutDir {
         path: String,
@@ -95,7 +98,20 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     let started = Instant::now();
     let rules = options.config.rules()?;
     let policies = options.config.policies()?;
-    let decoded = source::read_inputs(&options.inputs, options.progress)?;
+    let asn_table = match &options.config.detectors.asn_table {
+        Some(path) => {
+            let table = AsnTable::load(path)?;
+            tracing::info!(path = %path.display(), ranges = table.len(), "ASN table loaded");
+            Some(table)
+        }
+        None => None,
+    };
+    let mut decoded = source::read_inputs(&options.inputs, options.progress)?;
+    if let Some(table) = &asn_table {
+        for event in &mut decoded.events {
+            event.asn = event.ip.as_deref().and_then(|ip| table.lookup(ip));
+        }
+    }
     let mut summary = Summary {
         lines: decoded.lines,
         accepted: decoded.events.len() as u64,

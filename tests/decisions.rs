@@ -41,6 +41,7 @@ fn burst(events: &mut Vec<Event>, user: &str, session: &str, start: Time, action
             session: Some(session.into()),
             ip: Some("10.0.0.1".into()),
             ua: None,
+            asn: None,
         });
     }
 }

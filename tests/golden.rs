@@ -19,6 +19,7 @@ fn ev(id: &str, time: u64, ent: &str, user: &str, action: &str, session: &str) -
         session: Some(session.into()),
         ip: None,
         ua: None,
+        asn: None,
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod decide;
 pub mod ops;
+pub mod screen;
 pub mod threshold;
 
 use differential_dataflow::input::{Input, InputSession};
@@ -154,7 +155,8 @@ pub fn run_with_progress(
             let (events_in, events) = scope.new_collection();
             let (rules_in, rules) = scope.new_collection();
             let (policies_in, policies) = scope.new_collection();
-            let anomalies = threshold::detect(events.clone(), rules);
+            let screened = screen::screen(events.clone(), policies.clone());
+            let anomalies = threshold::detect(screened, rules);
             let probe = timely::dataflow::ProbeHandle::new();
             anomalies
                 .clone()

@@ -306,6 +306,7 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         session: context.session_id.map(StrOrNum::into_string),
         ip: context.ip_address.filter(|s| !s.is_empty()),
         ua: context.ua.filter(|s| !s.is_empty()),
+        asn: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! ([`source`]), ordering and de-duplicating what they yield ([`sequencer`]), and writing
 //! `aer replay`'s output files ([`sink`]).
 
+pub mod asn;
 pub mod codec;
 pub mod sequencer;
 pub mod sink;

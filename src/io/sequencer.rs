@@ -155,6 +155,7 @@ mod tests {
             session: None,
             ip: None,
             ua: None,
+            asn: None,
         }
     }
 

@@ -68,6 +68,30 @@ pub struct Exclusion {
     pub reasons: BTreeSet<String>,
 }
 
+/// Trusted networks (as Slack's `admin.audit.anomaly.allow`): events from them never produce
+/// anomalies and never enter baselines.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AllowList {
+    pub cidrs: BTreeSet<ipnet::IpNet>,
+    pub asns: BTreeSet<u32>,
+}
+
+impl AllowList {
+    /// Whether an event from `ip` (with AS number `asn`) is trusted.
+    pub fn allows(&self, ip: Option<&str>, asn: Option<u32>) -> bool {
+        if asn.is_some_and(|a| self.asns.contains(&a)) {
+            return true;
+        }
+        if self.cidrs.is_empty() {
+            return false;
+        }
+        match ip.and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+            Some(addr) => self.cidrs.iter().any(|net| net.contains(&addr)),
+            None => false,
+        }
+    }
+}
+
 /// One enterprise's decision policy (or the default for enterprises without their own).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Policy {
@@ -77,6 +101,8 @@ pub struct Policy {
     /// Named groups of users, for exclusions.
     pub groups: BTreeMap<String, BTreeSet<String>>,
     pub loop_guard: LoopGuard,
+    /// Trusted networks of this enterprise.
+    pub allow: AllowList,
 }
 
 impl Policy {

@@ -28,6 +28,9 @@ pub struct Event {
     pub ip: Option<String>,
     /// `context.ua`.
     pub ua: Option<String>,
+    /// The AS number of `ip`, when an ASN table is loaded and holds it (set at ingest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
 }
 
 /// An event as the engines see it: the time it is processed at (its `date_create`, or the

@@ -9,7 +9,7 @@ use crate::dataflow::EngineInput;
 use crate::model::decision::{effective_mode, Decision, Mode, Outcome, Policies, Policy};
 use crate::model::{Anomaly, Time};
 
-fn policy_at<'a>(
+pub(crate) fn policy_at<'a>(
     timeline: &'a [(Time, Policies)],
     enterprise: &str,
     time: Time,

@@ -42,7 +42,12 @@ pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
     // Match each event against the rules in force at its processing time.
     let mut hits: BTreeMap<(&str, ShapeId), Vec<Hit<'_>>> = BTreeMap::new();
     let mut geometry: HashMap<ShapeId, (u64, u64)> = HashMap::new();
+    let fallback = crate::model::decision::Policy::default();
     for (time, event) in &input.events {
+        let policy = decisions::policy_at(&input.policies, &event.enterprise, *time, &fallback);
+        if policy.allow.allows(event.ip.as_deref(), event.asn) {
+            continue;
+        }
         for rule in rules_at(&input.rules, *time) {
             if !rule.actions.contains(&event.action) {
                 continue;

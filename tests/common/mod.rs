@@ -33,6 +33,7 @@ fn event(i: usize, time: Time, ent: u8, user: u8, action: usize, session: u8) ->
         session: (session > 0).then(|| format!("s{ent}{user}{session}")),
         ip: Some(format!("10.0.{ent}.{}", user / 2)), // two users share an IP
         ua: None,
+        asn: (!user.is_multiple_of(3)).then_some(64_500 + u32::from(user % 3)),
     }
 }
 
@@ -197,33 +198,44 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         prop::sample::select(vec![20u64, 60, 200]),
         prop::sample::select(vec![5u64, 15, 40]),
         1u64..4,
+        prop::option::of((0u8..3, 0u8..3, any::<bool>())),
     )
-        .prop_map(|(dl, sh, login, exclusion, window, cooldown, max_resets)| {
-            let mut policy = Policy::default();
-            policy.modes.insert("excessive_downloads".into(), dl);
-            policy.modes.insert("excessive_file_shares".into(), sh);
-            policy.modes.insert("login_burst".into(), login);
-            if let Some((ent, user, by_group)) = exclusion {
-                let user = format!("U{ent}{user}");
-                let mut ex = Exclusion::default();
-                if by_group {
-                    policy
-                        .groups
-                        .insert("g".into(), [user].into_iter().collect());
-                    ex.groups.insert("g".into());
-                } else {
-                    ex.users.insert(user);
+        .prop_map(
+            |(dl, sh, login, exclusion, window, cooldown, max_resets, allow)| {
+                let mut policy = Policy::default();
+                policy.modes.insert("excessive_downloads".into(), dl);
+                policy.modes.insert("excessive_file_shares".into(), sh);
+                policy.modes.insert("login_burst".into(), login);
+                if let Some((ent, user, by_group)) = exclusion {
+                    let user = format!("U{ent}{user}");
+                    let mut ex = Exclusion::default();
+                    if by_group {
+                        policy
+                            .groups
+                            .insert("g".into(), [user].into_iter().collect());
+                        ex.groups.insert("g".into());
+                    } else {
+                        ex.users.insert(user);
+                    }
+                    ex.reasons.insert("excessive_downloads".into());
+                    policy.exclusions.push(ex);
                 }
-                ex.reasons.insert("excessive_downloads".into());
-                policy.exclusions.push(ex);
-            }
-            policy.loop_guard = LoopGuard {
-                window,
-                cooldown,
-                max_resets,
-            };
-            policy
-        })
+                if let Some((ent, host, by_asn)) = allow {
+                    if by_asn {
+                        policy.allow.asns.insert(64_500 + u32::from(host));
+                    } else {
+                        let net: ipnet::IpNet = format!("10.0.{ent}.{host}/32").parse().unwrap();
+                        policy.allow.cidrs.insert(net);
+                    }
+                }
+                policy.loop_guard = LoopGuard {
+                    window,
+                    cooldown,
+                    max_resets,
+                };
+                policy
+            },
+        )
 }
 
 /// Policies: a default and sometimes one enterprise of its own, changing up to twice.
