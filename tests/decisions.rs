@@ -69,6 +69,7 @@ fn decide_all(mut events: Vec<Event>, policies: Vec<(Time, Policies)>) -> Vec<De
         policies,
         session_expiry: 14 * 86_400,
         end,
+        ..Default::default()
     };
     let reference = evaluate(&input);
     let input = Arc::new(input);

@@ -41,9 +41,12 @@ proptest! {
         timeline in common::timeline_strategy(),
         lateness in prop::option::of(0u64..8),
         policies in common::policies_strategy(),
+        (heuristics, tor) in common::heuristics_strategy(),
     ) {
         let mut input = common::sequence(&arrivals, lateness, timeline);
         input.policies = policies;
+        input.heuristics = heuristics;
+        input.tor = tor;
         check(input, &[1, 2])?;
     }
 }
@@ -57,9 +60,12 @@ proptest! {
         timeline in common::timeline_strategy(),
         lateness in prop::option::of(0u64..8),
         policies in common::policies_strategy(),
+        (heuristics, tor) in common::heuristics_strategy(),
     ) {
         let mut input = common::sequence(&arrivals, lateness, timeline);
         input.policies = policies;
+        input.heuristics = heuristics;
+        input.tor = tor;
         check(input, &[4])?;
     }
 }
@@ -76,9 +82,12 @@ proptest! {
         lateness in prop::option::of(0u64..8),
         workers in 1usize..4,
         policies in common::policies_strategy(),
+        (heuristics, tor) in common::heuristics_strategy(),
     ) {
         let mut input = common::sequence(&arrivals, lateness, timeline);
         input.policies = policies;
+        input.heuristics = heuristics;
+        input.tor = tor;
         check(input, &[workers])?;
     }
 }

@@ -4,6 +4,7 @@
 //! up to the end is final, and gathers anomalies and decisions on worker 0.
 
 pub mod decide;
+pub mod heuristics;
 pub mod ops;
 pub mod screen;
 pub mod threshold;
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
-use crate::model::{Anomaly, Event, Rule, Sequenced, Time};
+use crate::model::{Anomaly, Event, HeuristicParams, Rule, Sequenced, Time};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Errors running the dataflow.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,10 @@ pub struct EngineInput {
     pub events: Vec<Sequenced>,
     pub rules: Vec<(Time, Vec<Rule>)>,
     pub policies: Vec<(Time, Policies)>,
+    /// The Tor exit-node list in force from each time on (empty before the first entry).
+    pub tor: Vec<(Time, BTreeSet<String>)>,
+    /// The heuristic detectors' parameters; the default runs none.
+    pub heuristics: HeuristicParams,
     /// A session idle this long is forgotten (`engine.session_expiry`).
     pub session_expiry: u64,
     /// The last time evaluated: results are final up to and including it.
@@ -58,6 +65,8 @@ impl EngineInput {
             events,
             rules: vec![(0, rules)],
             policies: vec![(0, policies)],
+            tor: Vec::new(),
+            heuristics: HeuristicParams::default(),
             session_expiry: DEFAULT_SESSION_EXPIRY,
             end,
         }
@@ -66,7 +75,8 @@ impl EngineInput {
     fn check(&self) -> Result<(), EngineError> {
         let rules = self.rules.iter().map(|(t, _)| *t);
         let policies = self.policies.iter().map(|(t, _)| *t);
-        for times in [rules.collect::<Vec<_>>(), policies.collect()] {
+        let tor = self.tor.iter().map(|(t, _)| *t);
+        for times in [rules.collect::<Vec<_>>(), policies.collect(), tor.collect()] {
             if let Some(w) = times.windows(2).find(|w| w[0] >= w[1]) {
                 return Err(EngineError::Timeline(w[1]));
             }
@@ -97,6 +107,7 @@ fn replace<D: differential_dataflow::ExchangeData>(
 enum Change<'a> {
     Rules(&'a [Rule]),
     Policies(&'a Policies),
+    Tor(&'a BTreeSet<String>),
 }
 
 /// Worker 0's inputs, advanced together.
@@ -104,6 +115,7 @@ struct Inputs {
     events: InputSession<Time, Event, isize>,
     rules: InputSession<Time, Rule, isize>,
     policies: InputSession<Time, (PolicyScope, Policy), isize>,
+    tor: InputSession<Time, String, isize>,
 }
 
 impl Inputs {
@@ -111,12 +123,14 @@ impl Inputs {
         self.events.advance_to(time);
         self.rules.advance_to(time);
         self.policies.advance_to(time);
+        self.tor.advance_to(time);
     }
 
     fn flush(&mut self) {
         self.events.flush();
         self.rules.flush();
         self.policies.flush();
+        self.tor.flush();
     }
 }
 
@@ -130,13 +144,31 @@ pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<EngineOutput, Engi
 
 type Shared<T> = Arc<Mutex<Vec<T>>>;
 
+/// What a run measured about itself.
+#[derive(Clone, Debug, Default)]
+pub struct EngineStats {
+    /// The most entries the heuristic detectors held on one worker at once.
+    pub heuristic_state_max: usize,
+}
+
 /// As [`run`], with a progress bar on stderr when `progress` is set.
 pub fn run_with_progress(
     input: Arc<EngineInput>,
     workers: usize,
     progress: bool,
 ) -> Result<EngineOutput, EngineError> {
+    run_instrumented(input, workers, progress).map(|(output, _)| output)
+}
+
+/// As [`run_with_progress`], also returning what the run measured.
+pub fn run_instrumented(
+    input: Arc<EngineInput>,
+    workers: usize,
+    progress: bool,
+) -> Result<(EngineOutput, EngineStats), EngineError> {
     input.check()?;
+    let state_max = Arc::new(AtomicUsize::new(0));
+    let worker_state_max = state_max.clone();
     let bar = crate::io::progress_bar(
         input.events.len() as u64,
         "{spinner} detecting {pos}/{len} events [{bar:30}] {per_sec} eta {eta}",
@@ -149,46 +181,52 @@ pub fn run_with_progress(
     let config = timely::Config::process(workers.max(1));
     let guards = timely::execute(config, move |worker| {
         let (anomaly_sink, decision_sink) = (anomaly_sink.clone(), decision_sink.clone());
+        let state_max = worker_state_max.clone();
         let end = input.end;
         let session_expiry = input.session_expiry;
-        let (inputs, probe) = worker.dataflow::<Time, _, _>(|scope| {
-            let (events_in, events) = scope.new_collection();
-            let (rules_in, rules) = scope.new_collection();
-            let (policies_in, policies) = scope.new_collection();
-            let screened = screen::screen(events.clone(), policies.clone());
-            let anomalies = threshold::detect(screened, rules);
-            let probe = timely::dataflow::ProbeHandle::new();
-            anomalies
-                .clone()
-                .inner
-                .exchange(|_| 0)
-                .inspect(move |(anomaly, _, _): &(Anomaly, Time, isize)| {
-                    if anomaly.detected_at <= end {
-                        anomaly_sink
-                            .lock()
-                            .expect("collector")
-                            .push(anomaly.clone());
-                    }
-                })
-                .probe_with(&probe);
-            decide::decide(events, anomalies, policies, session_expiry)
-                .exchange(|_| 0)
-                .inspect(move |(decision, _, _): &(Decision, Time, isize)| {
-                    if decision.decided_at <= end {
-                        decision_sink
-                            .lock()
-                            .expect("collector")
-                            .push(decision.clone());
-                    }
-                })
-                .probe_with(&probe);
-            let inputs = Inputs {
-                events: events_in,
-                rules: rules_in,
-                policies: policies_in,
-            };
-            (inputs, probe)
-        });
+        let (inputs, probe) =
+            worker.dataflow::<Time, _, _>(|scope| {
+                let (events_in, events) = scope.new_collection();
+                let (rules_in, rules) = scope.new_collection();
+                let (policies_in, policies) = scope.new_collection();
+                let (tor_in, tor) = scope.new_collection();
+                let screened = screen::screen(events.clone(), policies.clone());
+                let anomalies = threshold::detect(screened.clone(), rules).concat(
+                    heuristics::detect(screened, tor, input.heuristics.clone(), state_max),
+                );
+                let probe = timely::dataflow::ProbeHandle::new();
+                anomalies
+                    .clone()
+                    .inner
+                    .exchange(|_| 0)
+                    .inspect(move |(anomaly, _, _): &(Anomaly, Time, isize)| {
+                        if anomaly.detected_at <= end {
+                            anomaly_sink
+                                .lock()
+                                .expect("collector")
+                                .push(anomaly.clone());
+                        }
+                    })
+                    .probe_with(&probe);
+                decide::decide(events, anomalies, policies, session_expiry)
+                    .exchange(|_| 0)
+                    .inspect(move |(decision, _, _): &(Decision, Time, isize)| {
+                        if decision.decided_at <= end {
+                            decision_sink
+                                .lock()
+                                .expect("collector")
+                                .push(decision.clone());
+                        }
+                    })
+                    .probe_with(&probe);
+                let inputs = Inputs {
+                    events: events_in,
+                    rules: rules_in,
+                    policies: policies_in,
+                    tor: tor_in,
+                };
+                (inputs, probe)
+            });
         if worker.index() == 0 {
             let mut inputs = inputs;
             let mut changes: Vec<(Time, Change<'_>)> = input
@@ -201,6 +239,7 @@ pub fn run_with_progress(
                         .iter()
                         .map(|(t, p)| (*t, Change::Policies(p))),
                 )
+                .chain(input.tor.iter().map(|(t, p)| (*t, Change::Tor(p))))
                 .filter(|(t, _)| *t <= end)
                 .collect();
             changes.sort_by_key(|(t, _)| *t);
@@ -208,6 +247,7 @@ pub fn run_with_progress(
             let mut events = input.events.iter().peekable();
             let mut rules_now: Vec<Rule> = Vec::new();
             let mut policies_now: Vec<(PolicyScope, Policy)> = Vec::new();
+            let mut tor_now: Vec<String> = Vec::new();
             let mut now: Time = 0;
             let mut fed = 0usize;
             loop {
@@ -227,6 +267,9 @@ pub fn run_with_progress(
                         Change::Rules(r) => replace(r.to_vec(), &mut rules_now, &mut inputs.rules),
                         Change::Policies(p) => {
                             replace(p.records(), &mut policies_now, &mut inputs.policies)
+                        }
+                        Change::Tor(ips) => {
+                            replace(ips.iter().cloned().collect(), &mut tor_now, &mut inputs.tor)
                         }
                     }
                     continue;
@@ -266,8 +309,14 @@ pub fn run_with_progress(
     let mut decisions = std::mem::take(&mut *decisions_out.lock().expect("collector"));
     anomalies.sort();
     decisions.sort_by(|a, b| (a.decided_at, &a.id).cmp(&(b.decided_at, &b.id)));
-    Ok(EngineOutput {
-        anomalies,
-        decisions,
-    })
+    let stats = EngineStats {
+        heuristic_state_max: state_max.load(Ordering::Relaxed),
+    };
+    Ok((
+        EngineOutput {
+            anomalies,
+            decisions,
+        },
+        stats,
+    ))
 }

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod client;
 pub mod decision;
 
 /// Event time and dataflow time: whole unix seconds.
@@ -215,6 +216,53 @@ impl Anomaly {
     }
 }
 
+impl Anomaly {
+    /// The record of a heuristic finding on `event`: observed 1, threshold 0, and as baseline
+    /// the number of values the user was known with (`known`).
+    pub fn heuristic(
+        event: &Event,
+        now: Time,
+        reason: &str,
+        details: Vec<(&str, String)>,
+        known: usize,
+        history: u64,
+        explanation: String,
+    ) -> Anomaly {
+        Anomaly {
+            id: Anomaly::make_id(
+                &event.enterprise,
+                &event.user,
+                reason,
+                now,
+                event.session.as_deref(),
+            ),
+            enterprise: event.enterprise.clone(),
+            user: event.user.clone(),
+            reason: reason.to_string(),
+            detected_at: now,
+            session_id: event.session.clone(),
+            observed: 1,
+            threshold: 0,
+            baseline: Baseline {
+                samples: known as u64,
+                quantile: None,
+            },
+            evidence: Evidence {
+                group_by: GroupBy::User,
+                window_secs: 0,
+                history_secs: history,
+                latest_event_id: event.id.clone(),
+                users: vec![event.user.clone()],
+                details: details
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                explanation,
+            },
+        }
+    }
+}
+
 /// A one-line explanation of a threshold anomaly, for example
 /// `file_downloaded x412 in 1h > threshold 150 (3 x p99 of 1873 user-hours in 14d)`.
 pub fn explain_threshold(
@@ -350,5 +398,34 @@ mod tests {
         assert_eq!(a, Anomaly::make_id("E1", "U1", "tor", 10, Some("s")));
         assert_ne!(a, Anomaly::make_id("E1", "U1", "tor", 11, Some("s")));
         assert_ne!(a, Anomaly::make_id("E1", "U1", "tor", 10, None));
+    }
+}
+
+/// Parameters of the heuristic detectors (DESIGN 4.2), fixed for a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeuristicParams {
+    /// The detectors that run, by reason. Empty (the default) runs none.
+    pub enabled: BTreeSet<String>,
+    /// H: first-seen sets, sessions and flags expire after this much inactivity.
+    pub history: u64,
+    /// Events a user needs in H (counted in whole hours) before novelty is judged.
+    pub min_history: u64,
+    /// Lower-case user-agent substrings of scripted clients.
+    pub scripted_clients: Vec<String>,
+}
+
+/// Every heuristic detector's reason.
+pub const HEURISTICS: [&str; 6] = [
+    "session_fingerprint",
+    "tor",
+    "unexpected_user_agent",
+    "unexpected_client",
+    "asn",
+    "ip_address",
+];
+
+impl HeuristicParams {
+    pub fn on(&self, reason: &str) -> bool {
+        self.enabled.contains(reason)
     }
 }

@@ -4,6 +4,7 @@
 //! change (an event, an event leaving its window, a bucket closing or expiring, a rule change).
 
 pub mod decisions;
+pub mod heuristics;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -29,7 +30,9 @@ fn rules_at(timeline: &[(Time, Vec<Rule>)], time: Time) -> &[Rule] {
 
 /// Everything the engine outputs, computed the plain way.
 pub fn evaluate(input: &EngineInput) -> crate::dataflow::EngineOutput {
-    let anomalies = threshold_anomalies(input);
+    let mut anomalies = threshold_anomalies(input);
+    anomalies.extend(heuristics::heuristic_anomalies(input));
+    anomalies.sort();
     let decisions = decisions::decisions(input, &anomalies);
     crate::dataflow::EngineOutput {
         anomalies,

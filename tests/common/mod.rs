@@ -23,7 +23,30 @@ pub struct Arrival {
     pub event: Event,
 }
 
-fn event(i: usize, time: Time, ent: u8, user: u8, action: usize, session: u8) -> Event {
+pub const UAS: [&str; 4] = [
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh) AppleWebKit/537.36 Slack/4.41.105 Chrome/128.0 Electron/32.2.2 Safari/537.36 Sonic Slack_SSB/4.41.105",
+    "curl/8.5.0",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+];
+
+/// How a burst looks on the network: user agent (index into [`UAS`], or none) and which of the
+/// user's networks it comes from.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    pub ua: Option<usize>,
+    pub net: u8,
+}
+
+fn event(
+    i: usize,
+    time: Time,
+    ent: u8,
+    user: u8,
+    action: usize,
+    session: u8,
+    client: Client,
+) -> Event {
     Event {
         id: format!("ev{i:05}"),
         time,
@@ -31,22 +54,36 @@ fn event(i: usize, time: Time, ent: u8, user: u8, action: usize, session: u8) ->
         enterprise: format!("E{ent}"),
         user: format!("U{ent}{user}"),
         session: (session > 0).then(|| format!("s{ent}{user}{session}")),
-        ip: Some(format!("10.0.{ent}.{}", user / 2)), // two users share an IP
-        ua: None,
-        asn: (!user.is_multiple_of(3)).then_some(64_500 + u32::from(user % 3)),
+        // Two users share an IP; net 2 is another /16, net 1 another /24 of the same /16.
+        ip: match client.net {
+            0 => Some(format!("10.0.{ent}.{}", user / 2)),
+            1 => Some(format!("10.0.{}.{}", ent + 10, user / 2)),
+            2 => Some(format!("10.9.{ent}.{}", user / 2)),
+            _ => None, // some audit entries carry no IP
+        },
+        ua: client.ua.map(|u| UAS[u].to_string()),
+        asn: (!user.is_multiple_of(3) && client.net < 3)
+            .then_some(64_500 + u32::from(user % 3) + u32::from(client.net)),
     }
 }
 
 /// Bursty streams: each burst is a user doing one action many times around a moment.
 pub fn arrivals(max_bursts: usize) -> impl Strategy<Value = Vec<Arrival>> {
     let burst = (
-        0u64..400,  // start
+        (
+            0u64..400,
+            prop::sample::select(vec![0u64, 0, 0, 0, 3400, 7000]),
+        ), // start, hour offset
         0u8..3,     // enterprise
         0u8..4,     // user
         0usize..6,  // action (4 and 5: downloads and shares interleaved)
         1usize..14, // events
         0u64..6,    // spacing
         0u8..3,     // session
+        (
+            prop::option::of(0usize..4),
+            prop::sample::select(vec![0u8, 0, 0, 1, 2, 3]),
+        ),
     );
     (
         prop::collection::vec(burst, 1..max_bursts),
@@ -55,7 +92,9 @@ pub fn arrivals(max_bursts: usize) -> impl Strategy<Value = Vec<Arrival>> {
     )
         .prop_map(|(bursts, resend, late)| {
             let mut events = Vec::new();
-            for (start, ent, user, action, n, spacing, session) in bursts {
+            for ((start, offset), ent, user, action, n, spacing, session, (ua, net)) in bursts {
+                let start = start + offset;
+                let client = Client { ua, net };
                 for j in 0..n {
                     let i = events.len();
                     let (action, t) = match action {
@@ -63,7 +102,7 @@ pub fn arrivals(max_bursts: usize) -> impl Strategy<Value = Vec<Arrival>> {
                         4 | 5 => (j % 2, start + (j / 2) as u64 * spacing),
                         a => (a, start + j as u64 * spacing),
                     };
-                    events.push(event(i, t, ent, user, action, session));
+                    events.push(event(i, t, ent, user, action, session, client));
                 }
             }
             events.sort_by_key(|e| e.time);
@@ -277,5 +316,53 @@ pub fn sequence(
         policies: vec![(0, Policies::default())],
         session_expiry: 30,
         end,
+        ..Default::default()
     }
+}
+
+/// Heuristic detectors all on, with a short history so that sessions and first-seen sets expire
+/// within a generated stream, and a Tor list that changes mid-stream.
+pub fn heuristics_strategy() -> impl Strategy<
+    Value = (
+        aer::model::HeuristicParams,
+        Vec<(Time, std::collections::BTreeSet<String>)>,
+    ),
+> {
+    (
+        prop::sample::select(vec![30u64, 90, 300]),
+        0u64..6,
+        prop::collection::vec(
+            (
+                0u64..450,
+                prop::collection::btree_set((0u8..3, 0u8..2), 0..3),
+            ),
+            0..3,
+        ),
+    )
+        .prop_map(|(history, min_history, tor)| {
+            let params = aer::model::HeuristicParams {
+                enabled: aer::model::HEURISTICS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                history,
+                min_history,
+                scripted_clients: aer::config::default_scripted_clients(),
+            };
+            let mut timeline: Vec<(Time, std::collections::BTreeSet<String>)> = tor
+                .into_iter()
+                .map(|(t, hosts)| {
+                    (
+                        t,
+                        hosts
+                            .into_iter()
+                            .map(|(ent, h)| format!("10.0.{ent}.{h}"))
+                            .collect(),
+                    )
+                })
+                .collect();
+            timeline.sort_by_key(|(t, _)| *t);
+            timeline.dedup_by_key(|(t, _)| *t);
+            (params, timeline)
+        })
 }

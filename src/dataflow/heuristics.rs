@@ -1,0 +1,324 @@
+//! The heuristic detectors (DESIGN 4.2) as one deterministic stage keyed by (enterprise, user):
+//! session fingerprints (the stolen-cookie case), Tor exit nodes, scripted clients, and novelty
+//! of client family, ASN and /16. Events arrive screened of allow-listed networks and routed by
+//! user; the Tor exit list is a broadcast collection, so reloading it is a change of input. Each
+//! second is processed once both inputs have passed it, its events in id order.
+//!
+//! State is per user: sessions (a run of activity ends after H idle), and the last time each
+//! client family, ASN and /16 was seen. Entries older than H are treated as absent and pruned as
+//! the maps grow, and a user idle for H (plus an hour, for the activity count) is dropped, so
+//! memory follows recent activity, not the length of the stream.
+
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Broadcast;
+
+use super::ops::ordered_binary;
+use crate::model::client::{client_family, fingerprint_net, novelty_prefix};
+use crate::model::{Anomaly, Event, HeuristicParams, Time};
+
+#[derive(Default)]
+struct Run {
+    last: Time,
+    ua: Option<String>,
+    net: Option<String>,
+    fingerprint_flagged: bool,
+    tor_flagged: bool,
+    client_flagged: bool,
+}
+
+#[derive(Default)]
+struct UserState {
+    last: Time,
+    /// Events per hour bucket, for the activity count.
+    hours: VecDeque<(u64, u64)>,
+    sessions: HashMap<Option<String>, Run>,
+    families: HashMap<String, Time>,
+    asns: HashMap<u32, Time>,
+    prefixes: HashMap<String, Time>,
+    /// Map sizes after the last prune, to prune again when they have doubled.
+    pruned_at: usize,
+}
+
+impl UserState {
+    fn size(&self) -> usize {
+        self.hours.len()
+            + self.sessions.len()
+            + self.families.len()
+            + self.asns.len()
+            + self.prefixes.len()
+    }
+
+    fn prune(&mut self, now: Time, h: u64) {
+        self.sessions.retain(|_, r| now - r.last <= h);
+        self.families.retain(|_, t| now - *t <= h);
+        self.asns.retain(|_, t| now - *t <= h);
+        self.prefixes.retain(|_, t| now - *t <= h);
+        self.pruned_at = self.size();
+    }
+}
+
+fn seen_within<K: std::hash::Hash + Eq>(
+    map: &HashMap<K, Time>,
+    key: &K,
+    now: Time,
+    h: u64,
+) -> bool {
+    map.get(key).is_some_and(|t| now - *t <= h)
+}
+
+/// Builds the heuristic detectors. `state_size` records the largest state (entries) any worker
+/// held, for tests and metrics.
+pub fn detect<'s>(
+    events: VecCollection<'s, Time, Event, isize>,
+    tor: VecCollection<'s, Time, String, isize>,
+    params: HeuristicParams,
+    state_size: Arc<AtomicUsize>,
+) -> VecCollection<'s, Time, Anomaly, isize> {
+    let mut tor_set: HashMap<String, isize> = HashMap::new();
+    let mut users: HashMap<(String, String), UserState> = HashMap::new();
+    let mut idle_at: BTreeMap<Time, Vec<(String, String)>> = BTreeMap::new();
+    let mut size = 0usize;
+    let h = params.history;
+    ordered_binary(
+        events.inner,
+        tor.inner.broadcast(),
+        Exchange::new(|(e, _, _): &(Event, Time, isize)| (&e.enterprise, &e.user).hashed()),
+        Pipeline,
+        "Heuristics",
+        move |at, out| {
+            let now = at.time;
+            for (ip, diff) in at.right {
+                let c = tor_set.entry(ip.clone()).or_insert(0);
+                *c += diff;
+                if *c == 0 {
+                    tor_set.remove(&ip);
+                }
+            }
+            let mut events: Vec<Event> = at
+                .left
+                .into_iter()
+                .filter(|(_, d)| *d > 0)
+                .map(|(e, _)| e)
+                .collect();
+            events.sort_by(|a, b| a.id.cmp(&b.id));
+            for event in events {
+                let key = (event.enterprise.clone(), event.user.clone());
+                let user = users.entry(key.clone()).or_default();
+                size -= user.size();
+                observe(user, &event, now, &params, &tor_set, |a| {
+                    out.push((a, now, 1))
+                });
+                if user.size() > 2 * user.pruned_at.max(8) {
+                    user.prune(now, h);
+                }
+                size += user.size();
+                idle_at.entry(now + h + 3600 + 1).or_default().push(key);
+            }
+            while let Some(entry) = idle_at.first_entry() {
+                if *entry.key() > now {
+                    break;
+                }
+                for key in entry.remove() {
+                    if users.get(&key).is_some_and(|u| now - u.last > h + 3600) {
+                        size -= users.remove(&key).map_or(0, |u| u.size());
+                    }
+                }
+            }
+            state_size.fetch_max(size + users.len(), Ordering::Relaxed);
+        },
+    )
+    .as_collection()
+}
+
+/// Applies one event to a user's state, emitting what it reveals.
+fn observe(
+    user: &mut UserState,
+    event: &Event,
+    now: Time,
+    params: &HeuristicParams,
+    tor: &HashMap<String, isize>,
+    mut emit: impl FnMut(Anomaly),
+) {
+    let h = params.history;
+    // Activity in H: events in hour buckets that end after now - H.
+    while user
+        .hours
+        .front()
+        .is_some_and(|(b, _)| (b + 1) * 3600 <= now.saturating_sub(h))
+    {
+        user.hours.pop_front();
+    }
+    let active: u64 = user.hours.iter().map(|(_, c)| c).sum();
+    let experienced = active >= params.min_history;
+    let run = match user.sessions.get_mut(&event.session) {
+        Some(run) if now - run.last <= h => run,
+        _ => {
+            user.sessions.insert(event.session.clone(), Run::default());
+            user.sessions.get_mut(&event.session).expect("inserted")
+        }
+    };
+    let mut found = |reason: &str, details: Vec<(&str, String)>, known: usize, why: String| {
+        emit(Anomaly::heuristic(
+            event, now, reason, details, known, h, why,
+        ));
+    };
+    let family = event
+        .ua
+        .as_deref()
+        .map(|ua| client_family(ua, &params.scripted_clients));
+    // Tor exit nodes: once per (user, session run).
+    if params.on("tor") && !run.tor_flagged {
+        if let Some(ip) = event.ip.as_deref().filter(|ip| tor.contains_key(*ip)) {
+            run.tor_flagged = true;
+            found(
+                "tor",
+                vec![("ip", ip.to_string())],
+                0,
+                format!("{} used a Tor exit node ({ip})", event.user),
+            );
+        }
+    }
+    // Scripted clients: once per (user, session run).
+    if let Some((name, true)) = &family {
+        if params.on("unexpected_client") && !run.client_flagged {
+            run.client_flagged = true;
+            found(
+                "unexpected_client",
+                vec![
+                    ("client", name.clone()),
+                    ("ua", event.ua.clone().unwrap_or_default()),
+                ],
+                0,
+                format!("{} used a scripted client ({name})", event.user),
+            );
+        }
+    }
+    // Session fingerprint: the session's first user agent and network, learned as they appear.
+    if event.session.is_some() {
+        let net = fingerprint_net(event.ip.as_deref(), event.asn);
+        let ua_changed = matches!((&run.ua, &event.ua), (Some(a), Some(b)) if a != b);
+        let net_changed = matches!((&run.net, &net), (Some(a), Some(b)) if a != b);
+        if (ua_changed || net_changed)
+            && params.on("session_fingerprint")
+            && !run.fingerprint_flagged
+        {
+            run.fingerprint_flagged = true;
+            let first = format!(
+                "{} from {}",
+                run.ua.as_deref().unwrap_or("?"),
+                run.net.as_deref().unwrap_or("?")
+            );
+            let now_fp = format!(
+                "{} from {}",
+                event.ua.as_deref().unwrap_or("?"),
+                net.as_deref().unwrap_or("?")
+            );
+            found(
+                "session_fingerprint",
+                vec![
+                    ("first_fingerprint", first.clone()),
+                    ("new_fingerprint", now_fp.clone()),
+                ],
+                0,
+                format!(
+                    "session {} of {} began as [{first}] and is now used as [{now_fp}]",
+                    event.session.as_deref().unwrap_or(""),
+                    event.user
+                ),
+            );
+        }
+        if run.ua.is_none() {
+            run.ua = event.ua.clone();
+        }
+        if run.net.is_none() {
+            run.net = net;
+        }
+    }
+    run.last = now;
+    // Novelty, for users with enough recent history.
+    if let Some((name, scripted)) = &family {
+        if experienced
+            && !scripted
+            && params.on("unexpected_user_agent")
+            && !seen_within(&user.families, name, now, h)
+        {
+            let known = user.families.values().filter(|t| now - **t <= h).count();
+            found(
+                "unexpected_user_agent",
+                vec![
+                    ("family", name.clone()),
+                    ("ua", event.ua.clone().unwrap_or_default()),
+                ],
+                known,
+                format!(
+                    "{} used {name} for the first time in {}s ({active} events)",
+                    event.user, h
+                ),
+            );
+        }
+        user.families.insert(name.clone(), now);
+    }
+    if let Some(asn) = event.asn {
+        if experienced && params.on("asn") && !seen_within(&user.asns, &asn, now, h) {
+            let known = user.asns.values().filter(|t| now - **t <= h).count();
+            found(
+                "asn",
+                vec![("asn", format!("AS{asn}"))],
+                known,
+                format!(
+                    "{} connected from AS{asn} for the first time in {}s",
+                    event.user, h
+                ),
+            );
+        }
+        user.asns.insert(asn, now);
+    }
+    if let Some(prefix) = event.ip.as_deref().and_then(novelty_prefix) {
+        if experienced && params.on("ip_address") && !seen_within(&user.prefixes, &prefix, now, h) {
+            let known = user.prefixes.values().filter(|t| now - **t <= h).count();
+            found(
+                "ip_address",
+                vec![("prefix", prefix.clone())],
+                known,
+                format!(
+                    "{} connected from {prefix} for the first time in {}s",
+                    event.user, h
+                ),
+            );
+        }
+        user.prefixes.insert(prefix, now);
+    }
+    let bucket = now / 3600;
+    match user.hours.back_mut() {
+        Some((b, c)) if *b == bucket => *c += 1,
+        _ => user.hours.push_back((bucket, 1)),
+    }
+    user.last = now;
+}
+
+/// Loads a Tor exit-node list: one IP per line, `#` comments and blank lines ignored; lines that
+/// are not IPs are reported.
+pub fn parse_tor_list(text: &str) -> (BTreeSet<String>, Vec<(usize, String)>) {
+    let mut ips = BTreeSet::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        // Tor's own bulk list prefixes lines with "ExitAddress"; accept either form.
+        let ip = line.strip_prefix("ExitAddress ").unwrap_or(line);
+        let ip = ip.split_whitespace().next().unwrap_or("");
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(addr) => {
+                ips.insert(addr.to_string());
+            }
+            Err(_) => bad.push((i + 1, line.to_string())),
+        }
+    }
+    (ips, bad)
+}
