@@ -74,7 +74,7 @@ pub struct DetectorsConfig {
     #[serde(with = "humantime_serde_compat", default = "default_detector_history")]
     pub history: Duration,
     /// Events a user needs within H before a new client family, ASN or /16 is unexpected.
-    /// Default 20.
+    /// Default 50.
     #[serde(default = "default_min_history")]
     pub min_history: u64,
     /// An ip2asn TSV table (range start, range end, AS number, country, description). Without
@@ -94,7 +94,7 @@ fn default_detector_history() -> Duration {
     Duration::from_secs(14 * 86_400)
 }
 fn default_min_history() -> u64 {
-    20
+    50
 }
 /// The built-in scripted clients.
 pub fn default_scripted_clients() -> Vec<String> {

@@ -56,7 +56,11 @@ pub struct Label {
 pub struct Generated {
     pub lines: u64,
     pub labels: Vec<Label>,
+    /// A Tor exit-node list that holds the injected Tor sign-ins' addresses (and others).
+    pub tor_exits: Vec<String>,
 }
+
+const SESSION_BASE: u64 = 8_472_881_900;
 
 struct Device {
     ua: &'static str,
@@ -180,10 +184,12 @@ impl<W: Write> Writer<'_, W> {
         session: u64,
         ip: &str,
         ua: &str,
+        attack: bool,
     ) -> std::io::Result<()> {
         self.next_id += 1;
         let id = format!(
-            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            "{}{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            if attack { "attack-" } else { "" },
             (self.seed as u32) ^ (self.next_id as u32).wrapping_mul(2_654_435_761),
             (self.next_id >> 32) & 0xffff,
             self.next_id & 0xfff,
@@ -195,18 +201,21 @@ impl<W: Write> Writer<'_, W> {
         } else {
             json!({"type":"user","user":{"id":user.id,"name":user.name}})
         };
+        let mut context = json!({
+            "location": {"type":"enterprise","id":ent.id,"name":ent.name,"domain":ent.name.to_lowercase().replace([' ', '\''], "")},
+            "ua": ua,
+            "ip_address": ip,
+        });
+        if session != 0 {
+            context["session_id"] = json!(session.to_string());
+        }
         let line = json!({
             "id": id,
             "date_create": time,
             "action": action,
             "actor": {"type":"user","user":{"id":user.id,"name":user.name,"email":format!("{}@{}.example.com", user.name, ent.name.to_lowercase().replace([' ', '\''], ""))}},
             "entity": entity,
-            "context": {
-                "location": {"type":"enterprise","id":ent.id,"name":ent.name,"domain":ent.name.to_lowercase().replace([' ', '\''], "")},
-                "ua": ua,
-                "session_id": session.to_string(),
-                "ip_address": ip,
-            },
+            "context": context,
             "details": {},
         });
         serde_json::to_writer(&mut *self.out, &line)?;
@@ -284,13 +293,58 @@ pub fn generate<W: Write>(opts: &GenerateOptions, out: &mut W) -> std::io::Resul
                     key: ip,
                     start: base3,
                     end: base3 + 1200,
-                    events: rng.gen_range(120..250),
+                    events: rng.gen_range(250..400),
                 },
                 ei,
                 0,
             ));
+            // A stolen session cookie: the victim's own session of the day, replayed from
+            // another network and browser late in the afternoon.
+            let victim = rng.gen_range(0..ent.users.len());
+            // 16:30 local, when the victim's session of the (UTC) day is in use.
+            let base4 =
+                opts.start + day * 86_400 + ((16 - ent.tz).rem_euclid(24) as u64) * 3600 + 1800;
+            attacks.push((
+                base4,
+                Label {
+                    kind: "stolen_session".into(),
+                    expected_reason: "session_fingerprint".into(),
+                    enterprise: ent.id.clone(),
+                    key: ent.users[victim].id.clone(),
+                    start: base4,
+                    end: base4 + 600,
+                    events: 15,
+                },
+                ei,
+                victim,
+            ));
+            // A sign-in through a Tor exit node.
+            let rider = rng.gen_range(0..ent.users.len());
+            let base5 = base4 + 3600;
+            attacks.push((
+                base5,
+                Label {
+                    kind: "tor_access".into(),
+                    expected_reason: "tor".into(),
+                    enterprise: ent.id.clone(),
+                    key: ent.users[rider].id.clone(),
+                    start: base5,
+                    end: base5 + 300,
+                    events: 5,
+                },
+                ei,
+                rider,
+            ));
         }
     }
+    let tor_ip = |ei: usize| format!("204.8.156.{}", 10 + ei);
+    let session_of = |ei: usize, ui: usize, device: u64, day: u64| {
+        SESSION_BASE
+            + (ei as u64) * 1_000_000
+            + (ui as u64) * 100
+            + device * 10
+            + day * 1_000_000_000
+    };
 
     let mut w = Writer {
         out,
@@ -298,7 +352,6 @@ pub fn generate<W: Write>(opts: &GenerateOptions, out: &mut W) -> std::io::Resul
         next_id: 0,
         seed: opts.seed,
     };
-    let mut session_counter: u64 = 8_472_881_900;
     // Generate hour by hour so the output is in time order.
     let mut pending: Vec<(u64, usize, usize, usize, u64)> = Vec::new();
     for hour in 0..u64::from(opts.days) * 24 {
@@ -324,11 +377,7 @@ pub fn generate<W: Write>(opts: &GenerateOptions, out: &mut W) -> std::io::Resul
                 let n = m.floor() as u64 + u64::from(rng.gen_bool(m.fract().clamp(0.0, 1.0)));
                 let device = rng.gen_range(0..user.devices.len());
                 // One session per user, device and day.
-                let session = session_counter
-                    + (ei as u64) * 1_000_000
-                    + (ui as u64) * 100
-                    + device as u64 * 10
-                    + hour / 24 * 1_000_000_000;
+                let session = session_of(ei, ui, device as u64, hour / 24);
                 for _ in 0..n {
                     let mut pick = rng.gen_range(0..total_weight);
                     let mut action = 0;
@@ -350,7 +399,8 @@ pub fn generate<W: Write>(opts: &GenerateOptions, out: &mut W) -> std::io::Resul
             }
         }
         // Attack events falling in this hour.
-        let mut attack_events: Vec<(u64, String, usize, usize, String, &'static str)> = Vec::new();
+        type AttackEvent = (u64, String, usize, usize, String, &'static str, u64);
+        let mut attack_events: Vec<AttackEvent> = Vec::new();
         for (_, label, ei, ui) in &attacks {
             if label.start >= hour_start + 3600 || label.end < hour_start {
                 continue;
@@ -377,6 +427,37 @@ pub fn generate<W: Write>(opts: &GenerateOptions, out: &mut W) -> std::io::Resul
                             *ui,
                             user.devices[0].ip.clone(),
                             user.devices[0].ua,
+                            9_000_000_000 + (*ei as u64) * 1000 + *ui as u64,
+                        ));
+                    }
+                    "stolen_session" => {
+                        let user = &ent.users[*ui];
+                        let ua = if user.devices[0].ua == UAS[5] {
+                            UAS[1]
+                        } else {
+                            UAS[5]
+                        };
+                        let session = session_of(*ei, *ui, 0, (label.start - opts.start) / 86_400);
+                        attack_events.push((
+                            t,
+                            "file_downloaded".into(),
+                            *ei,
+                            *ui,
+                            format!("45.142.{}.7", *ei),
+                            ua,
+                            session,
+                        ));
+                    }
+                    "tor_access" => {
+                        let user = &ent.users[*ui];
+                        attack_events.push((
+                            t,
+                            "file_downloaded".into(),
+                            *ei,
+                            *ui,
+                            tor_ip(*ei),
+                            user.devices[0].ua,
+                            9_100_000_000 + (*ei as u64) * 1000 + *ui as u64,
                         ));
                     }
                     _ => {
@@ -389,6 +470,7 @@ pub fn generate<W: Write>(opts: &GenerateOptions, out: &mut W) -> std::io::Resul
                             victim,
                             label.key.clone(),
                             "python-requests/2.31.0",
+                            0,
                         ));
                     }
                 }
@@ -418,25 +500,23 @@ pub fn generate<W: Write>(opts: &GenerateOptions, out: &mut W) -> std::io::Resul
                     session,
                     &device.ip,
                     device.ua,
+                    false,
                 )?;
             } else {
-                let (t, action, ei, ui, ip, ua) = hostile.next().expect("peeked");
+                let (t, action, ei, ui, ip, ua, session) = hostile.next().expect("peeked");
                 let ent = &enterprises[*ei];
                 let user = &ent.users[*ui];
-                session_counter += 1;
-                let session = if action == "user_login_failed" {
-                    0
-                } else {
-                    9_000_000_000 + (*ei as u64) * 1000 + *ui as u64
-                };
-                w.entry(*t, action, ent, user, session, ip, ua)?;
+                w.entry(*t, action, ent, user, *session, ip, ua, true)?;
             }
         }
     }
     let mut labels: Vec<Label> = attacks.into_iter().map(|(_, l, _, _)| l).collect();
     labels.sort_by(|a, b| (a.start, &a.enterprise).cmp(&(b.start, &b.enterprise)));
+    let mut tor_exits: Vec<String> = (0..enterprises.len()).map(tor_ip).collect();
+    tor_exits.extend((100..120).map(|i| format!("204.8.156.{i}")));
     Ok(Generated {
         lines: w.lines,
         labels,
+        tor_exits,
     })
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, DetectorsConfig};
+use crate::dataflow::heuristics::parse_tor_list;
 use crate::dataflow::{self, EngineError, EngineInput};
 use crate::io::asn::{AsnError, AsnTable};
 use crate::io::codec::Reject;
@@ -19,6 +20,8 @@ use crate::io::sink::{self, SinkError};
 use crate::io::source::{self, SourceError};
 use crate::model::decision::Decision;
 use crate::model::Anomaly;
+use crate::model::{HeuristicParams, HEURISTICS};
+use std::collections::BTreeSet;
 
 /// Everything that can stop a replay.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,8 @@ pub enum ReplayError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Asn(#[from] AsnError),
+    #[error("{0}")]
+    Detectors(String),
     #[error("cannot create output directory {path}: {source}")]
     OutDir {
         path: String,
@@ -138,6 +143,9 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     let engine_started = Instant::now();
     let mut input = EngineInput::new(events, rules, policies);
     input.session_expiry = options.config.engine.session_expiry.as_secs();
+    let (heuristics, tor) = heuristic_setup(&options.config.detectors, asn_table.is_some())?;
+    input.heuristics = heuristics;
+    input.tor = tor.map(|ips| vec![(0, ips)]).unwrap_or_default();
     let output = dataflow::run_with_progress(Arc::new(input), options.workers, options.progress)?;
     let (anomalies, decisions) = (output.anomalies, output.decisions);
     let engine_time = engine_started.elapsed();
@@ -176,6 +184,66 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         engine_time,
         total_time: started.elapsed(),
     })
+}
+
+/// The heuristic detectors' parameters from `[detectors]`, and the Tor exit list if configured.
+/// Detectors whose table is missing are turned off with a warning.
+pub fn heuristic_setup(
+    config: &DetectorsConfig,
+    asn_table_loaded: bool,
+) -> Result<(HeuristicParams, Option<BTreeSet<String>>), ReplayError> {
+    let mut enabled: BTreeSet<String> = HEURISTICS
+        .iter()
+        .map(|s| s.to_string())
+        .filter(|r| !config.disabled.contains(r))
+        .collect();
+    if let Some(unknown) = config
+        .disabled
+        .iter()
+        .find(|r| !HEURISTICS.contains(&r.as_str()))
+    {
+        return Err(ReplayError::Detectors(format!(
+            "detectors.disabled: unknown detector {unknown:?} (known: {})",
+            HEURISTICS.join(", ")
+        )));
+    }
+    if !asn_table_loaded && enabled.remove("asn") {
+        tracing::warn!("no detectors.asn_table: the asn detector is off");
+    }
+    let tor = match &config.tor_exit_list {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ReplayError::Detectors(format!("cannot read Tor list {}: {e}", path.display()))
+            })?;
+            let (ips, bad) = parse_tor_list(&text);
+            if let Some((line, text)) = bad.first() {
+                return Err(ReplayError::Detectors(format!(
+                    "Tor list {} line {line}: {text:?} is not an IP address ({} bad lines)",
+                    path.display(),
+                    bad.len()
+                )));
+            }
+            tracing::info!(path = %path.display(), ips = ips.len(), "Tor exit list loaded");
+            Some(ips)
+        }
+        None => {
+            if enabled.remove("tor") {
+                tracing::warn!("no detectors.tor_exit_list: the tor detector is off");
+            }
+            None
+        }
+    };
+    let params = HeuristicParams {
+        enabled,
+        history: config.history.as_secs(),
+        min_history: config.min_history,
+        scripted_clients: config
+            .scripted_clients
+            .iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+    };
+    Ok((params, tor))
 }
 
 /// Writes `anomalies.jsonl`, `decisions.jsonl`, `rejects.jsonl` and `summary.json` into `out`.

@@ -255,8 +255,9 @@ fn observe(
                 ],
                 known,
                 format!(
-                    "{} used {name} for the first time in {}s ({active} events)",
-                    event.user, h
+                    "{} used {name} for the first time in {} ({active} events)",
+                    event.user,
+                    crate::model::human_secs(h)
                 ),
             );
         }
@@ -270,8 +271,9 @@ fn observe(
                 vec![("asn", format!("AS{asn}"))],
                 known,
                 format!(
-                    "{} connected from AS{asn} for the first time in {}s",
-                    event.user, h
+                    "{} connected from AS{asn} for the first time in {}",
+                    event.user,
+                    crate::model::human_secs(h)
                 ),
             );
         }
@@ -285,8 +287,9 @@ fn observe(
                 vec![("prefix", prefix.clone())],
                 known,
                 format!(
-                    "{} connected from {prefix} for the first time in {}s",
-                    event.user, h
+                    "{} connected from {prefix} for the first time in {}",
+                    event.user,
+                    crate::model::human_secs(h)
                 ),
             );
         }

@@ -429,3 +429,8 @@ impl HeuristicParams {
         self.enabled.contains(reason)
     }
 }
+
+/// Seconds as a short human duration ("1h", "14days").
+pub fn human_secs(secs: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}

@@ -179,8 +179,9 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                         known.len(),
                         h,
                         format!(
-                            "{} used {name} for the first time in {}s ({active} events)",
-                            event.user, h
+                            "{} used {name} for the first time in {} ({active} events)",
+                            event.user,
+                            crate::model::human_secs(h)
                         ),
                     ));
                 }
@@ -196,8 +197,9 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                         known.len(),
                         h,
                         format!(
-                            "{} connected from AS{asn} for the first time in {}s",
-                            event.user, h
+                            "{} connected from AS{asn} for the first time in {}",
+                            event.user,
+                            crate::model::human_secs(h)
                         ),
                     ));
                 }
@@ -216,8 +218,9 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                         known.len(),
                         h,
                         format!(
-                            "{} connected from {prefix} for the first time in {}s",
-                            event.user, h
+                            "{} connected from {prefix} for the first time in {}",
+                            event.user,
+                            crate::model::human_secs(h)
                         ),
                     ));
                 }
