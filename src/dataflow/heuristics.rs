@@ -325,3 +325,19 @@ pub fn parse_tor_list(text: &str) -> (BTreeSet<String>, Vec<(usize, String)>) {
     }
     (ips, bad)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_tor_list;
+
+    #[test]
+    fn tor_lists_allow_comments_and_report_bad_lines() {
+        let text = "# exit nodes\n185.220.101.1\n\n2001:db8::1  # v6\nExitAddress 204.8.156.142 2024-01-01 00:00:00\nnot-an-ip\n";
+        let (ips, bad) = parse_tor_list(text);
+        assert_eq!(
+            ips.into_iter().collect::<Vec<_>>(),
+            vec!["185.220.101.1", "2001:db8::1", "204.8.156.142"]
+        );
+        assert_eq!(bad, vec![(6, "not-an-ip".to_string())]);
+    }
+}
