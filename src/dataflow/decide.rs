@@ -86,10 +86,15 @@ pub fn decide<'s>(
                 }
                 match input {
                     FoldInput::Seen(e, u, s) => {
+                        // Every remembered session has exactly one pending expiry check.
                         let key = (e, u, s);
                         match sessions.get_mut(&key) {
                             Some(seen) if now - seen.last <= session_expiry => seen.last = now,
-                            _ => {
+                            Some(seen) => {
+                                seen.first = now;
+                                seen.last = now;
+                            }
+                            None => {
                                 sessions.insert(
                                     key.clone(),
                                     SessionSeen {
@@ -97,12 +102,12 @@ pub fn decide<'s>(
                                         last: now,
                                     },
                                 );
+                                session_expiry_at
+                                    .entry(now + session_expiry + 1)
+                                    .or_default()
+                                    .push(key);
                             }
                         }
-                        session_expiry_at
-                            .entry(now + session_expiry + 1)
-                            .or_default()
-                            .push(key);
                     }
                     FoldInput::Anomaly(a) => anomalies.push(*a),
                 }
@@ -113,11 +118,15 @@ pub fn decide<'s>(
                     break;
                 }
                 for key in entry.remove() {
-                    if sessions
-                        .get(&key)
-                        .is_some_and(|s| now - s.last > session_expiry)
-                    {
-                        sessions.remove(&key);
+                    match sessions.get(&key) {
+                        Some(s) if now - s.last > session_expiry => {
+                            sessions.remove(&key);
+                        }
+                        Some(s) => {
+                            let at = s.last + session_expiry + 1;
+                            session_expiry_at.entry(at).or_default().push(key);
+                        }
+                        None => {}
                     }
                 }
             }

@@ -107,7 +107,14 @@ pub fn detect<'s>(
             events.sort_by(|a, b| a.id.cmp(&b.id));
             for event in events {
                 let key = (event.enterprise.clone(), event.user.clone());
-                let user = users.entry(key.clone()).or_default();
+                // Every remembered user has exactly one pending idle check.
+                let user = users.entry(key.clone()).or_insert_with(|| {
+                    idle_at
+                        .entry(now + h + 3600 + 1)
+                        .or_default()
+                        .push(key.clone());
+                    UserState::default()
+                });
                 size -= user.size();
                 observe(user, &event, now, &params, &tor_set, |a| {
                     out.push((a, now, 1))
@@ -116,15 +123,21 @@ pub fn detect<'s>(
                     user.prune(now, h);
                 }
                 size += user.size();
-                idle_at.entry(now + h + 3600 + 1).or_default().push(key);
             }
             while let Some(entry) = idle_at.first_entry() {
                 if *entry.key() > now {
                     break;
                 }
                 for key in entry.remove() {
-                    if users.get(&key).is_some_and(|u| now - u.last > h + 3600) {
-                        size -= users.remove(&key).map_or(0, |u| u.size());
+                    match users.get(&key) {
+                        Some(u) if now - u.last > h + 3600 => {
+                            size -= users.remove(&key).map_or(0, |u| u.size());
+                        }
+                        Some(u) => {
+                            let at = u.last + h + 3600 + 1;
+                            idle_at.entry(at).or_default().push(key);
+                        }
+                        None => {}
                     }
                 }
             }
