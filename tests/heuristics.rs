@@ -202,3 +202,32 @@ fn memory_does_not_grow_with_an_endless_stream_of_short_sessions() {
     // The stream did exercise the detectors: each new /16 after the first is reported.
     assert!(out.anomalies.iter().any(|a| a.reason == "ip_address"));
 }
+
+#[test]
+fn history_counts_whole_hour_buckets_ending_after_now_minus_h() {
+    // H = 1000 s, min_history 3. Both users have 3 events in hour bucket [0, 3600), then use a
+    // new browser from a new /16. At 4599, now - H = 3599 < 3600: the bucket still counts, so
+    // the user is experienced and both novelties fire. At 4600, now - H = 3600: the bucket has
+    // ended and no longer counts, so nothing fires.
+    let mut events = Vec::new();
+    for user in ["A", "B"] {
+        for t in 100..103 {
+            events.push(ev(user, t, "s1", Some(CHROME), "1.2.3.4", None));
+        }
+    }
+    events.push(ev("A", 4599, "s2", Some(FIREFOX), "9.9.9.9", None));
+    events.push(ev("B", 4600, "s2", Some(FIREFOX), "9.9.9.9", None));
+    let mut input = input(events);
+    input.heuristics = params(1000);
+    input.tor.clear();
+    let expected = evaluate(&input).anomalies;
+    assert_eq!(run(Arc::new(input), 1).unwrap().anomalies, expected);
+    let got: Vec<(&str, &str)> = expected
+        .iter()
+        .map(|a| (a.user.as_str(), a.reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("A", "ip_address"), ("A", "unexpected_user_agent")]
+    );
+}
