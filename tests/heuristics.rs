@@ -222,10 +222,11 @@ fn history_counts_whole_hour_buckets_ending_after_now_minus_h() {
     input.tor.clear();
     let expected = evaluate(&input).anomalies;
     assert_eq!(run(Arc::new(input), 1).unwrap().anomalies, expected);
-    let got: Vec<(&str, &str)> = expected
+    let mut got: Vec<(&str, &str)> = expected
         .iter()
         .map(|a| (a.user.as_str(), a.reason.as_str()))
         .collect();
+    got.sort();
     assert_eq!(
         got,
         vec![("A", "ip_address"), ("A", "unexpected_user_agent")]
