@@ -11,7 +11,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;
 
-use super::ops::ordered_binary;
+use super::ops::{ordered_binary, PolicyView};
 use crate::model::decision::{Decision, Policy, PolicyScope, UserFold, LOOP_HORIZON};
 use crate::model::{Anomaly, Event, Time};
 
@@ -48,8 +48,7 @@ pub fn decide<'s>(
     let seen = events.flat_map(|e| e.session.map(|s| FoldInput::Seen(e.enterprise, e.user, s)));
     let folded = seen.concat(anomalies.map(|a| FoldInput::Anomaly(Box::new(a))));
 
-    let mut in_force: BTreeMap<(PolicyScope, Policy), isize> = BTreeMap::new();
-    let mut current: HashMap<PolicyScope, Policy> = HashMap::new();
+    let mut policies_now = PolicyView::default();
     let fallback = Policy::default();
     let mut sessions: HashMap<(String, String, String), SessionSeen> = HashMap::new();
     let mut session_expiry_at: BTreeMap<Time, Vec<(String, String, String)>> = BTreeMap::new();
@@ -64,21 +63,7 @@ pub fn decide<'s>(
         "DecisionFold",
         move |at, out| {
             let now = at.time;
-            if !at.right.is_empty() {
-                for (record, diff) in at.right {
-                    let count = in_force.entry(record.clone()).or_insert(0);
-                    *count += diff;
-                    if *count == 0 {
-                        in_force.remove(&record);
-                    }
-                }
-                current.clear();
-                for ((scope, policy), count) in &in_force {
-                    if *count > 0 {
-                        current.insert(scope.clone(), policy.clone());
-                    }
-                }
-            }
+            policies_now.apply(at.right);
             let mut anomalies = Vec::new();
             for (input, diff) in at.left {
                 if diff <= 0 {
@@ -132,9 +117,8 @@ pub fn decide<'s>(
             }
             anomalies.sort_by(|a, b| a.id.cmp(&b.id));
             for anomaly in anomalies {
-                let policy = current
-                    .get(&Some(anomaly.enterprise.clone()))
-                    .or_else(|| current.get(&None))
+                let policy = policies_now
+                    .for_enterprise(&anomaly.enterprise)
                     .unwrap_or(&fallback);
                 let first_seen = anomaly.session_id.as_ref().and_then(|s| {
                     sessions

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 
-use super::ops::ordered_binary;
+use super::ops::{ordered_binary, Contents};
 use crate::model::client::{client_family, fingerprint_net, novelty_prefix};
 use crate::model::{Anomaly, Event, HeuristicParams, Time};
 
@@ -78,7 +78,7 @@ pub fn detect<'s>(
     params: HeuristicParams,
     state_size: Arc<AtomicUsize>,
 ) -> VecCollection<'s, Time, Anomaly, isize> {
-    let mut tor_set: HashMap<String, isize> = HashMap::new();
+    let mut tor_set: Contents<String> = Contents::default();
     let mut users: HashMap<(String, String), UserState> = HashMap::new();
     let mut idle_at: BTreeMap<Time, Vec<(String, String)>> = BTreeMap::new();
     let mut size = 0usize;
@@ -91,13 +91,7 @@ pub fn detect<'s>(
         "Heuristics",
         move |at, out| {
             let now = at.time;
-            for (ip, diff) in at.right {
-                let c = tor_set.entry(ip.clone()).or_insert(0);
-                *c += diff;
-                if *c == 0 {
-                    tor_set.remove(&ip);
-                }
-            }
+            tor_set.apply(at.right);
             let mut events: Vec<Event> = at
                 .left
                 .into_iter()
@@ -153,7 +147,7 @@ fn observe(
     event: &Event,
     now: Time,
     params: &HeuristicParams,
-    tor: &HashMap<String, isize>,
+    tor: &Contents<String>,
     mut emit: impl FnMut(Anomaly),
 ) {
     let h = params.history;
@@ -185,7 +179,7 @@ fn observe(
         .map(|ua| client_family(ua, &params.scripted_clients));
     // Tor exit nodes: once per (user, session run).
     if params.on("tor") && !run.tor_flagged {
-        if let Some(ip) = event.ip.as_deref().filter(|ip| tor.contains_key(*ip)) {
+        if let Some(ip) = event.ip.as_deref().filter(|ip| tor.contains(*ip)) {
             run.tor_flagged = true;
             found(
                 "tor",

@@ -5,7 +5,9 @@
 
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::{AsCollection, VecCollection};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use crate::model::decision::{Policy, PolicyScope};
 use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
@@ -126,4 +128,72 @@ where
             }
         }
     })
+}
+
+/// The current contents of a small collection (rules, policies, the Tor list) that an ordered
+/// operator receives as updates, accumulated in time order.
+pub struct Contents<K> {
+    counts: BTreeMap<K, isize>,
+}
+
+impl<K: Ord + Clone> Default for Contents<K> {
+    fn default() -> Self {
+        Contents {
+            counts: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone> Contents<K> {
+    /// Applies one time's updates; returns whether there were any.
+    pub fn apply(&mut self, updates: Vec<(K, isize)>) -> bool {
+        let changed = !updates.is_empty();
+        for (record, diff) in updates {
+            let count = self.counts.entry(record.clone()).or_insert(0);
+            *count += diff;
+            if *count == 0 {
+                self.counts.remove(&record);
+            }
+        }
+        changed
+    }
+
+    /// The records present (positive multiplicity), in order.
+    pub fn present(&self) -> impl Iterator<Item = &K> {
+        self.counts.iter().filter(|(_, c)| **c > 0).map(|(k, _)| k)
+    }
+
+    pub fn contains<Q: Ord + ?Sized>(&self, record: &Q) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+    {
+        self.counts.get(record).is_some_and(|c| *c > 0)
+    }
+}
+
+/// The policies in force by scope, rebuilt from the policy collection when it changes.
+#[derive(Default)]
+pub struct PolicyView {
+    contents: Contents<(PolicyScope, Policy)>,
+    by_scope: HashMap<PolicyScope, Policy>,
+}
+
+impl PolicyView {
+    /// Applies one time's updates of the policy collection.
+    pub fn apply(&mut self, updates: Vec<((PolicyScope, Policy), isize)>) {
+        if self.contents.apply(updates) {
+            self.by_scope = self
+                .contents
+                .present()
+                .map(|(scope, policy)| (scope.clone(), policy.clone()))
+                .collect();
+        }
+    }
+
+    /// The enterprise's own policy, else the default; none before any policy is in force.
+    pub fn for_enterprise(&self, enterprise: &str) -> Option<&Policy> {
+        self.by_scope
+            .get(&Some(enterprise.to_string()))
+            .or_else(|| self.by_scope.get(&None))
+    }
 }

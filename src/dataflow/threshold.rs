@@ -13,7 +13,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;
 
-use super::ops::{delay_by, ordered_binary};
+use super::ops::{delay_by, ordered_binary, Contents};
 use crate::model::{explain_threshold, Anomaly, Baseline, Event, Evidence, Rule, ShapeId, Time};
 
 /// A counting key: (enterprise, rule shape, group key).
@@ -182,7 +182,7 @@ fn match_rules<'s>(
     events: VecCollection<'s, Time, Event, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> VecCollection<'s, Time, (CKey, Counted), isize> {
-    let mut in_force: BTreeMap<Rule, isize> = BTreeMap::new();
+    let mut in_force: Contents<Rule> = Contents::default();
     let mut by_action: HashMap<String, Vec<(Rule, ShapeId)>> = HashMap::new();
     ordered_binary(
         events.inner,
@@ -191,16 +191,9 @@ fn match_rules<'s>(
         Pipeline,
         "MatchRules",
         move |at, out| {
-            if !at.right.is_empty() {
-                for (rule, diff) in at.right {
-                    let entry = in_force.entry(rule.clone()).or_insert(0);
-                    *entry += diff;
-                    if *entry == 0 {
-                        in_force.remove(&rule);
-                    }
-                }
+            if in_force.apply(at.right) {
                 by_action.clear();
-                for rule in in_force.keys() {
+                for rule in in_force.present() {
                     for action in &rule.actions {
                         by_action
                             .entry(action.clone())
