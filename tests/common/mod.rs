@@ -366,3 +366,24 @@ pub fn heuristics_strategy() -> impl Strategy<
             (params, timeline)
         })
 }
+
+/// A whole engine input: arrivals sequenced with a random lateness (or sorted, as replay does),
+/// a rule timeline, a policy timeline, heuristics and a Tor list timeline.
+pub fn engine_input(max_bursts: usize) -> impl Strategy<Value = EngineInput> {
+    (
+        arrivals(max_bursts),
+        timeline_strategy(),
+        prop::option::of(0u64..8),
+        policies_strategy(),
+        heuristics_strategy(),
+    )
+        .prop_map(
+            |(arrivals, timeline, lateness, policies, (heuristics, tor))| {
+                let mut input = sequence(&arrivals, lateness, timeline);
+                input.policies = policies;
+                input.heuristics = heuristics;
+                input.tor = tor;
+                input
+            },
+        )
+}
