@@ -17,7 +17,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 
 use super::ops::{ordered_binary, Contents};
-use crate::model::client::{client_family, fingerprint_net, novelty_prefix};
+use crate::model::client::{client_family, fingerprint_net, novelty_prefix, Finding};
 use crate::model::{Anomaly, Event, HeuristicParams, Time};
 
 #[derive(Default)]
@@ -168,11 +168,7 @@ fn observe(
             user.sessions.get_mut(&event.session).expect("inserted")
         }
     };
-    let mut found = |reason: &str, details: Vec<(&str, String)>, known: usize, why: String| {
-        emit(Anomaly::heuristic(
-            event, now, reason, details, known, h, why,
-        ));
-    };
+    let mut found = |finding: Finding, known: usize| emit(finding.anomaly(event, now, known, h));
     let family = event
         .ua
         .as_deref()
@@ -181,26 +177,18 @@ fn observe(
     if params.on("tor") && !run.tor_flagged {
         if let Some(ip) = event.ip.as_deref().filter(|ip| tor.contains(*ip)) {
             run.tor_flagged = true;
-            found(
-                "tor",
-                vec![("ip", ip.to_string())],
-                0,
-                format!("{} used a Tor exit node ({ip})", event.user),
-            );
+            found(Finding::Tor { ip: ip.to_string() }, 0);
         }
     }
     // Scripted clients: once per (user, session run).
-    if let Some((name, true)) = &family {
+    if let Some((client, true)) = &family {
         if params.on("unexpected_client") && !run.client_flagged {
             run.client_flagged = true;
             found(
-                "unexpected_client",
-                vec![
-                    ("client", name.clone()),
-                    ("ua", event.ua.clone().unwrap_or_default()),
-                ],
+                Finding::ScriptedClient {
+                    client: client.clone(),
+                },
                 0,
-                format!("{} used a scripted client ({name})", event.user),
             );
         }
     }
@@ -214,29 +202,12 @@ fn observe(
             && !run.fingerprint_flagged
         {
             run.fingerprint_flagged = true;
-            let first = format!(
-                "{} from {}",
-                run.ua.as_deref().unwrap_or("?"),
-                run.net.as_deref().unwrap_or("?")
-            );
-            let now_fp = format!(
-                "{} from {}",
-                event.ua.as_deref().unwrap_or("?"),
-                net.as_deref().unwrap_or("?")
-            );
-            found(
-                "session_fingerprint",
-                vec![
-                    ("first_fingerprint", first.clone()),
-                    ("new_fingerprint", now_fp.clone()),
-                ],
-                0,
-                format!(
-                    "session {} of {} began as [{first}] and is now used as [{now_fp}]",
-                    event.session.as_deref().unwrap_or(""),
-                    event.user
-                ),
-            );
+            let finding = Finding::Fingerprint {
+                first_ua: run.ua.clone(),
+                first_net: run.net.clone(),
+                net: net.clone(),
+            };
+            found(finding, 0);
         }
         if run.ua.is_none() {
             run.ua = event.ua.clone();
@@ -247,58 +218,35 @@ fn observe(
     }
     run.last = now;
     // Novelty, for users with enough recent history.
-    if let Some((name, scripted)) = &family {
+    if let Some((family, scripted)) = &family {
         if experienced
             && !scripted
             && params.on("unexpected_user_agent")
-            && !seen_within(&user.families, name, now, h)
+            && !seen_within(&user.families, family, now, h)
         {
             let known = user.families.values().filter(|t| now - **t <= h).count();
-            found(
-                "unexpected_user_agent",
-                vec![
-                    ("family", name.clone()),
-                    ("ua", event.ua.clone().unwrap_or_default()),
-                ],
-                known,
-                format!(
-                    "{} used {name} for the first time in {} ({active} events)",
-                    event.user,
-                    crate::model::human_secs(h)
-                ),
-            );
+            let finding = Finding::NewFamily {
+                family: family.clone(),
+                active,
+            };
+            found(finding, known);
         }
-        user.families.insert(name.clone(), now);
+        user.families.insert(family.clone(), now);
     }
     if let Some(asn) = event.asn {
         if experienced && params.on("asn") && !seen_within(&user.asns, &asn, now, h) {
             let known = user.asns.values().filter(|t| now - **t <= h).count();
-            found(
-                "asn",
-                vec![("asn", format!("AS{asn}"))],
-                known,
-                format!(
-                    "{} connected from AS{asn} for the first time in {}",
-                    event.user,
-                    crate::model::human_secs(h)
-                ),
-            );
+            found(Finding::NewAsn { asn }, known);
         }
         user.asns.insert(asn, now);
     }
     if let Some(prefix) = event.ip.as_deref().and_then(novelty_prefix) {
         if experienced && params.on("ip_address") && !seen_within(&user.prefixes, &prefix, now, h) {
             let known = user.prefixes.values().filter(|t| now - **t <= h).count();
-            found(
-                "ip_address",
-                vec![("prefix", prefix.clone())],
-                known,
-                format!(
-                    "{} connected from {prefix} for the first time in {}",
-                    event.user,
-                    crate::model::human_secs(h)
-                ),
-            );
+            let finding = Finding::NewPrefix {
+                prefix: prefix.clone(),
+            };
+            found(finding, known);
         }
         user.prefixes.insert(prefix, now);
     }

@@ -112,3 +112,95 @@ mod tests {
         assert_eq!(fingerprint_net(Some("x"), None), None);
     }
 }
+
+/// What a heuristic detector found on one event. Both engines decide *whether* something was
+/// found independently; this renders it (reason, details, explanation) in one place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finding {
+    Tor {
+        ip: String,
+    },
+    ScriptedClient {
+        client: String,
+    },
+    /// The session's learned user agent and network, and the event's.
+    Fingerprint {
+        first_ua: Option<String>,
+        first_net: Option<String>,
+        net: Option<String>,
+    },
+    NewFamily {
+        family: String,
+        active: u64,
+    },
+    NewAsn {
+        asn: u32,
+    },
+    NewPrefix {
+        prefix: String,
+    },
+}
+
+impl Finding {
+    /// The anomaly for this finding on `event` at `now`; `known` is how many values of the kind
+    /// the user was known with, `history` the detectors' H.
+    pub fn anomaly(
+        self,
+        event: &super::Event,
+        now: super::Time,
+        known: usize,
+        history: u64,
+    ) -> super::Anomaly {
+        let user = &event.user;
+        let ua = event.ua.clone().unwrap_or_default();
+        let h = super::human_secs(history);
+        let (reason, details, why) = match self {
+            Finding::Tor { ip } => (
+                "tor",
+                vec![("ip", ip.clone())],
+                format!("{user} used a Tor exit node ({ip})"),
+            ),
+            Finding::ScriptedClient { client } => (
+                "unexpected_client",
+                vec![("client", client.clone()), ("ua", ua)],
+                format!("{user} used a scripted client ({client})"),
+            ),
+            Finding::Fingerprint {
+                first_ua,
+                first_net,
+                net,
+            } => {
+                let show = |ua: Option<&str>, net: Option<&str>| {
+                    format!("{} from {}", ua.unwrap_or("?"), net.unwrap_or("?"))
+                };
+                let first = show(first_ua.as_deref(), first_net.as_deref());
+                let now_fp = show(event.ua.as_deref(), net.as_deref());
+                let why = format!(
+                    "session {} of {user} began as [{first}] and is now used as [{now_fp}]",
+                    event.session.as_deref().unwrap_or("")
+                );
+                (
+                    "session_fingerprint",
+                    vec![("first_fingerprint", first), ("new_fingerprint", now_fp)],
+                    why,
+                )
+            }
+            Finding::NewFamily { family, active } => (
+                "unexpected_user_agent",
+                vec![("family", family.clone()), ("ua", ua)],
+                format!("{user} used {family} for the first time in {h} ({active} events)"),
+            ),
+            Finding::NewAsn { asn } => (
+                "asn",
+                vec![("asn", format!("AS{asn}"))],
+                format!("{user} connected from AS{asn} for the first time in {h}"),
+            ),
+            Finding::NewPrefix { prefix } => (
+                "ip_address",
+                vec![("prefix", prefix.clone())],
+                format!("{user} connected from {prefix} for the first time in {h}"),
+            ),
+        };
+        super::Anomaly::heuristic(event, now, reason, details, known, history, why)
+    }
+}

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::dataflow::EngineInput;
-use crate::model::client::{client_family, fingerprint_net, novelty_prefix};
+use crate::model::client::{client_family, fingerprint_net, novelty_prefix, Finding};
 use crate::model::decision::Policy;
 use crate::model::{Anomaly, Event, Time};
 
@@ -75,40 +75,26 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
             }
             let mut mine = Flags::default();
             let fam = family(event);
+            let mut found = |finding: Finding, known: usize| {
+                out.push(finding.anomaly(event, now, known, h));
+            };
             if params.on("tor") && !run.iter().any(|j| flags[*j].tor) {
                 let listed = tor_at(input, now);
-                if let Some(ip) = event
-                    .ip
-                    .as_deref()
-                    .filter(|ip| listed.is_some_and(|l| l.contains(*ip)))
-                {
+                let on_list = |ip: &&str| listed.is_some_and(|l| l.contains(*ip));
+                if let Some(ip) = event.ip.as_deref().filter(on_list) {
                     mine.tor = true;
-                    out.push(Anomaly::heuristic(
-                        event,
-                        now,
-                        "tor",
-                        vec![("ip", ip.to_string())],
-                        0,
-                        h,
-                        format!("{} used a Tor exit node ({ip})", event.user),
-                    ));
+                    found(Finding::Tor { ip: ip.to_string() }, 0);
                 }
             }
-            if let Some((name, true)) = &fam {
+            if let Some((client, true)) = &fam {
                 if params.on("unexpected_client") && !run.iter().any(|j| flags[*j].client) {
                     mine.client = true;
-                    out.push(Anomaly::heuristic(
-                        event,
-                        now,
-                        "unexpected_client",
-                        vec![
-                            ("client", name.clone()),
-                            ("ua", event.ua.clone().unwrap_or_default()),
-                        ],
+                    found(
+                        Finding::ScriptedClient {
+                            client: client.clone(),
+                        },
                         0,
-                        h,
-                        format!("{} used a scripted client ({name})", event.user),
-                    ));
+                    );
                 }
             }
             if event.session.is_some() {
@@ -124,32 +110,14 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                     && !run.iter().any(|j| flags[*j].fingerprint)
                 {
                     mine.fingerprint = true;
-                    let first = format!(
-                        "{} from {}",
-                        first_ua.as_deref().unwrap_or("?"),
-                        first_net.as_deref().unwrap_or("?")
-                    );
-                    let now_fp = format!(
-                        "{} from {}",
-                        event.ua.as_deref().unwrap_or("?"),
-                        net.as_deref().unwrap_or("?")
-                    );
-                    out.push(Anomaly::heuristic(
-                        event,
-                        now,
-                        "session_fingerprint",
-                        vec![
-                            ("first_fingerprint", first.clone()),
-                            ("new_fingerprint", now_fp.clone()),
-                        ],
+                    found(
+                        Finding::Fingerprint {
+                            first_ua,
+                            first_net,
+                            net,
+                        },
                         0,
-                        h,
-                        format!(
-                            "session {} of {} began as [{first}] and is now used as [{now_fp}]",
-                            event.session.as_deref().unwrap_or(""),
-                            event.user
-                        ),
-                    ));
+                    );
                 }
             }
             let recent: Vec<&Event> = prior
@@ -168,40 +136,17 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                     && params.on("unexpected_user_agent")
                     && !known.contains(name)
                 {
-                    out.push(Anomaly::heuristic(
-                        event,
-                        now,
-                        "unexpected_user_agent",
-                        vec![
-                            ("family", name.clone()),
-                            ("ua", event.ua.clone().unwrap_or_default()),
-                        ],
-                        known.len(),
-                        h,
-                        format!(
-                            "{} used {name} for the first time in {} ({active} events)",
-                            event.user,
-                            crate::model::human_secs(h)
-                        ),
-                    ));
+                    let finding = Finding::NewFamily {
+                        family: name.clone(),
+                        active,
+                    };
+                    found(finding, known.len());
                 }
             }
             if let Some(asn) = event.asn {
                 let known: BTreeSet<u32> = recent.iter().filter_map(|e| e.asn).collect();
                 if experienced && params.on("asn") && !known.contains(&asn) {
-                    out.push(Anomaly::heuristic(
-                        event,
-                        now,
-                        "asn",
-                        vec![("asn", format!("AS{asn}"))],
-                        known.len(),
-                        h,
-                        format!(
-                            "{} connected from AS{asn} for the first time in {}",
-                            event.user,
-                            crate::model::human_secs(h)
-                        ),
-                    ));
+                    found(Finding::NewAsn { asn }, known.len());
                 }
             }
             if let Some(prefix) = event.ip.as_deref().and_then(novelty_prefix) {
@@ -210,19 +155,8 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                     .filter_map(|e| e.ip.as_deref().and_then(novelty_prefix))
                     .collect();
                 if experienced && params.on("ip_address") && !known.contains(&prefix) {
-                    out.push(Anomaly::heuristic(
-                        event,
-                        now,
-                        "ip_address",
-                        vec![("prefix", prefix.clone())],
-                        known.len(),
-                        h,
-                        format!(
-                            "{} connected from {prefix} for the first time in {}",
-                            event.user,
-                            crate::model::human_secs(h)
-                        ),
-                    ));
+                    let len = known.len();
+                    found(Finding::NewPrefix { prefix }, len);
                 }
             }
             flags.push(mine);
