@@ -38,6 +38,18 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "aer-out")]
         out: PathBuf,
+        /// The response stage's job store (SQLite); default `<out>/aer.db`. Reusing it across
+        /// replays never resets or records the same decision twice.
+        #[arg(long)]
+        db: Option<PathBuf>,
+    },
+    /// List the response stage's jobs (JSON lines), for example the dead letters.
+    Jobs {
+        #[arg(long, default_value = "aer-out/aer.db")]
+        db: PathBuf,
+        /// Only jobs in this state: pending, done or dead.
+        #[arg(long)]
+        state: Option<String>,
     },
     /// Write a synthetic workload with injected attacks as JSON lines.
     Generate {
@@ -104,7 +116,9 @@ pub fn main() -> ExitCode {
             config,
             workers,
             out,
-        } => cmd_replay(files, config, workers, out),
+            db,
+        } => cmd_replay(files, config, workers, out, db),
+        Command::Jobs { db, state } => cmd_jobs(db, state),
         Command::Generate {
             out,
             labels,
@@ -172,11 +186,37 @@ fn print_measurements(report: &ReplayReport, workers: usize) {
     );
 }
 
+fn cmd_jobs(db: PathBuf, state: Option<String>) -> Result<(), AnyError> {
+    use crate::response::store::{JobState, JobStore};
+    if !db.exists() {
+        return Err(format!("no job store at {}", db.display()).into());
+    }
+    let state = match state.as_deref() {
+        None => None,
+        Some("pending") => Some(JobState::Pending),
+        Some("done") => Some(JobState::Done),
+        Some("dead") => Some(JobState::Dead),
+        Some(other) => {
+            return Err(format!("--state must be pending, done or dead, not {other:?}").into())
+        }
+    };
+    let store = JobStore::open(&db)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    for job in store.jobs(state)? {
+        serde_json::to_writer(&mut out, &job)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn cmd_replay(
     files: Vec<PathBuf>,
     config: Option<PathBuf>,
     workers: usize,
     out: PathBuf,
+    db: Option<PathBuf>,
 ) -> Result<(), AnyError> {
     check_workers(workers)?;
     let options = ReplayOptions {
@@ -185,6 +225,7 @@ fn cmd_replay(
         workers,
         out: out.clone(),
         progress: std::io::stderr().is_terminal(),
+        db,
     };
     let report = replay::replay(&options)?;
     let s = &report.summary;
@@ -346,6 +387,7 @@ fn cmd_demo(events: u64, workers: usize, seed: u64, out: PathBuf) -> Result<(), 
         workers,
         out: out.clone(),
         progress: std::io::stderr().is_terminal(),
+        db: None,
     })?;
     print_measurements(&report, workers);
     print!("{}", demo_summary(&report, &generated.labels));

@@ -13,3 +13,4 @@ pub mod io;
 pub mod model;
 pub mod reference;
 pub mod replay;
+pub mod response;

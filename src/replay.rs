@@ -21,6 +21,9 @@ use crate::io::source::{self, SourceError};
 use crate::model::decision::Decision;
 use crate::model::Anomaly;
 use crate::model::{HeuristicParams, HEURISTICS};
+use crate::response::reset::LogBackend;
+use crate::response::store::{JobStore, StoreError};
+use crate::response::{self, RetryPolicy};
 use std::collections::BTreeSet;
 
 /// Everything that can stop a replay.
@@ -38,6 +41,8 @@ pub enum ReplayError {
     Asn(#[from] AsnError),
     #[error("{0}")]
     Detectors(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot create output directory {path}: {source}")]
     OutDir {
         path: String,
@@ -53,6 +58,8 @@ pub struct ReplayOptions {
     pub workers: usize,
     pub out: PathBuf,
     pub progress: bool,
+    /// The response stage's job store; default `<out>/aer.db`.
+    pub db: Option<PathBuf>,
 }
 
 /// `summary.json`: counts only, nothing that depends on timing or the worker count.
@@ -77,6 +84,9 @@ pub struct Summary {
     pub anomalies_by_reason: BTreeMap<String, u64>,
     pub decisions: u64,
     pub decisions_by_outcome: BTreeMap<String, u64>,
+    /// Decisions that reset sessions (each one job in the store, at most once ever).
+    pub resets: u64,
+    pub audit_entries: u64,
 }
 
 /// The result of a replay, with the measurements `aer replay` prints.
@@ -85,15 +95,52 @@ pub struct ReplayReport {
     pub summary: Summary,
     pub anomalies: Vec<Anomaly>,
     pub decisions: Vec<Decision>,
+    /// Audit entries of this run's decisions, ordered by (date_create, id).
+    pub audit: Vec<serde_json::Value>,
     pub rejects: Vec<Reject>,
     pub read_time: Duration,
     pub engine_time: Duration,
     pub total_time: Duration,
 }
 
-/// Runs the pipeline and writes the output files.
+/// Runs the pipeline, hands the decisions to the response stage, and writes the output files.
 pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
-    let report = run_pipeline(options)?;
+    let mut report = run_pipeline(options)?;
+    std::fs::create_dir_all(&options.out).map_err(|source| ReplayError::OutDir {
+        path: options.out.display().to_string(),
+        source,
+    })?;
+    let db = options
+        .db
+        .clone()
+        .unwrap_or_else(|| options.out.join("aer.db"));
+    let store = JobStore::open(&db)?;
+    let now = response::now_ms();
+    let accepted = response::accept(&store, &report.decisions, now)?;
+    let ran = response::run_due(&store, &LogBackend::default(), &RetryPolicy::default(), now)?;
+    tracing::info!(
+        db = %db.display(),
+        new_resets = accepted.resets,
+        new_audit = accepted.audit,
+        done = ran.done,
+        dead = ran.dead,
+        "response stage"
+    );
+    report.audit = report
+        .decisions
+        .iter()
+        .filter_map(response::audit::entry)
+        .collect();
+    report.audit.sort_by(|a, b| {
+        (a["date_create"].as_u64(), a["id"].as_str())
+            .cmp(&(b["date_create"].as_u64(), b["id"].as_str()))
+    });
+    report.summary.audit_entries = report.audit.len() as u64;
+    report.summary.resets = report
+        .decisions
+        .iter()
+        .filter(|d| d.resets_sessions)
+        .count() as u64;
     write_outputs(&options.out, &report)?;
     Ok(report)
 }
@@ -179,6 +226,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         summary,
         anomalies,
         decisions,
+        audit: Vec::new(),
         rejects,
         read_time,
         engine_time,
@@ -254,6 +302,7 @@ pub fn write_outputs(out: &Path, report: &ReplayReport) -> Result<(), ReplayErro
     })?;
     sink::write_jsonl(&out.join("anomalies.jsonl"), &report.anomalies)?;
     sink::write_jsonl(&out.join("decisions.jsonl"), &report.decisions)?;
+    sink::write_jsonl(&out.join("audit.jsonl"), &report.audit)?;
     sink::write_jsonl(&out.join("rejects.jsonl"), &report.rejects)?;
     sink::write_json(&out.join("summary.json"), &report.summary)?;
     Ok(())

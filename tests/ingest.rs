@@ -51,6 +51,7 @@ fn replaying_the_panther_samples_counts_rejects_and_duplicates() {
         workers: 1,
         out: out.path().to_path_buf(),
         progress: false,
+        db: None,
     })
     .unwrap();
     let s = &report.summary;
@@ -102,6 +103,7 @@ fn replay_output_is_identical_for_one_and_two_workers() {
             workers,
             out: out.clone(),
             progress: false,
+            db: None,
         })
         .unwrap();
         outs.push(out);
@@ -109,6 +111,7 @@ fn replay_output_is_identical_for_one_and_two_workers() {
     for name in [
         "anomalies.jsonl",
         "decisions.jsonl",
+        "audit.jsonl",
         "rejects.jsonl",
         "summary.json",
     ] {

@@ -82,6 +82,7 @@ fn brute_force_and_spraying_are_flagged_per_source_ip() {
         workers: 2,
         out: dir.path().join("out"),
         progress: false,
+        db: None,
     })
     .unwrap();
     let flagged: Vec<&str> = report
