@@ -50,6 +50,9 @@ enum Command {
         /// Only jobs in this state: pending, done or dead.
         #[arg(long)]
         state: Option<String>,
+        /// Only jobs of this kind: reset or notify.
+        #[arg(long)]
+        kind: Option<String>,
     },
     /// Write a synthetic workload with injected attacks as JSON lines.
     Generate {
@@ -118,7 +121,7 @@ pub fn main() -> ExitCode {
             out,
             db,
         } => cmd_replay(files, config, workers, out, db),
-        Command::Jobs { db, state } => cmd_jobs(db, state),
+        Command::Jobs { db, state, kind } => cmd_jobs(db, state, kind),
         Command::Generate {
             out,
             labels,
@@ -186,24 +189,29 @@ fn print_measurements(report: &ReplayReport, workers: usize) {
     );
 }
 
-fn cmd_jobs(db: PathBuf, state: Option<String>) -> Result<(), AnyError> {
-    use crate::response::store::{JobState, JobStore};
+fn cmd_jobs(db: PathBuf, state: Option<String>, kind: Option<String>) -> Result<(), AnyError> {
+    use crate::response::store::{JobKind, JobState, JobStore};
     if !db.exists() {
         return Err(format!("no job store at {}", db.display()).into());
     }
     let state = match state.as_deref() {
         None => None,
-        Some("pending") => Some(JobState::Pending),
-        Some("done") => Some(JobState::Done),
-        Some("dead") => Some(JobState::Dead),
-        Some(other) => {
-            return Err(format!("--state must be pending, done or dead, not {other:?}").into())
-        }
+        Some(s) => Some(
+            JobState::parse(s)
+                .ok_or_else(|| format!("--state must be pending, done or dead, not {s:?}"))?,
+        ),
+    };
+    let kind = match kind.as_deref() {
+        None => None,
+        Some(k) => Some(
+            JobKind::parse(k)
+                .ok_or_else(|| format!("--kind must be reset or notify, not {k:?}"))?,
+        ),
     };
     let store = JobStore::open(&db)?;
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    for job in store.jobs(state)? {
+    for job in store.jobs(kind, state)? {
         serde_json::to_writer(&mut out, &job)?;
         out.write_all(b"\n")?;
     }
@@ -240,8 +248,42 @@ fn cmd_replay(
         s.anomalies,
         out.display()
     );
+    eprint!("{}", response_line(&report));
     print_measurements(&report, workers);
     Ok(())
+}
+
+/// What the response stage did, in one or two lines.
+fn response_line(report: &ReplayReport) -> String {
+    use crate::response::notify::MessageKind;
+    let s = &report.summary;
+    let r = &report.response;
+    let digests = report
+        .notifications
+        .iter()
+        .filter(|n| n.kind == MessageKind::Digest)
+        .count();
+    let mut text = format!(
+        "response: {} resets, {} audit entries, {} notifications ({} first alerts, {digests} digests, {} repeats not repeated); new to the store: {} resets, {} audit entries, {} notifications; jobs run now: {} done, {} retried, {} dead\n",
+        s.resets,
+        s.audit_entries,
+        s.notifications,
+        s.notifications as usize - digests,
+        s.notifications_suppressed,
+        r.accepted.resets,
+        r.accepted.audit,
+        r.accepted.notifications,
+        r.ran.done,
+        r.ran.retried,
+        r.ran.dead,
+    );
+    if r.pending > 0 || r.dead > 0 {
+        text.push_str(&format!(
+            "response: the store holds {} pending and {} dead jobs (`aer jobs --state dead`)\n",
+            r.pending, r.dead
+        ));
+    }
+    text
 }
 
 /// Rejects zero workers, and warns when there are more workers than cores: idle timely workers
@@ -391,6 +433,7 @@ fn cmd_demo(events: u64, workers: usize, seed: u64, out: PathBuf) -> Result<(), 
     })?;
     print_measurements(&report, workers);
     print!("{}", demo_summary(&report, &generated.labels));
+    print!("{}", response_line(&report));
     println!("full results: {}/anomalies.jsonl", out.display());
     Ok(())
 }

@@ -20,6 +20,7 @@ use crate::model::decision::{
     AllowList, Exclusion, LoopGuard, Mode, Policies, Policy, LOOP_HORIZON,
 };
 use crate::model::{Eval, GroupBy, Rule};
+use crate::response::config::{NotificationsConfig, ResponseConfig, ResponseConfigError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -44,6 +45,8 @@ pub enum ConfigError {
     Engine(String),
     #[error("[{0}]: {1}")]
     Policy(String, String),
+    #[error(transparent)]
+    Response(#[from] ResponseConfigError),
 }
 
 /// The whole configuration file. Every field has a default, so an empty file is valid.
@@ -63,6 +66,12 @@ pub struct Config {
     pub enterprises: BTreeMap<String, PolicyConfig>,
     #[serde(default)]
     pub detectors: DetectorsConfig,
+    /// The response stage: reset backend, retries (see [`ResponseConfig`]).
+    #[serde(default)]
+    pub response: ResponseConfig,
+    /// Notification routing, channels and coalescing (see [`NotificationsConfig`]).
+    #[serde(default)]
+    pub notifications: NotificationsConfig,
 }
 
 /// `[detectors]`: the heuristic detectors (DESIGN 4.2) and the tables they use.
@@ -356,6 +365,8 @@ impl Config {
         })?;
         config.rules()?;
         config.policies()?;
+        config.response.validate()?;
+        config.notifications.routing()?;
         Ok(config)
     }
 
@@ -482,7 +493,7 @@ fn whole_seconds(d: Duration, what: &str) -> Result<u64, String> {
 }
 
 /// Durations in TOML as humantime strings ("90s", "1h", "14d") or integer seconds.
-mod humantime_serde_compat {
+pub(crate) mod humantime_serde_compat {
     use serde::{de, Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

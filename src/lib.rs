@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod dataflow;
+pub mod fault;
 pub mod generate;
 pub mod io;
 pub mod model;

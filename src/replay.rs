@@ -1,7 +1,8 @@
 //! `aer replay`: the whole pipeline over files. Reads and decodes every input, sequences the
 //! events (sorting the whole input by (date_create, id), DESIGN 3), runs the detection dataflow,
-//! and the decision fold, and writes `anomalies.jsonl`, `decisions.jsonl`, `rejects.jsonl` and
-//! `summary.json` to the output directory.
+//! and the decision fold, hands the decisions to the response stage (jobs, audit, coalesced
+//! notifications), and writes `anomalies.jsonl`, `decisions.jsonl`, `audit.jsonl`,
+//! `notifications.jsonl`, `rejects.jsonl` and `summary.json` to the output directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, ConfigError, DetectorsConfig};
 use crate::dataflow::heuristics::parse_tor_list;
 use crate::dataflow::{self, EngineError, EngineInput};
+use crate::fault;
 use crate::io::asn::{AsnError, AsnTable};
 use crate::io::codec::Reject;
 use crate::io::sequencer::Sequencer;
@@ -21,9 +23,11 @@ use crate::io::source::{self, SourceError};
 use crate::model::decision::Decision;
 use crate::model::Anomaly;
 use crate::model::{HeuristicParams, HEURISTICS};
-use crate::response::reset::LogBackend;
-use crate::response::store::{JobStore, StoreError};
-use crate::response::{self, RetryPolicy};
+use crate::response::config::ResponseConfigError;
+use crate::response::notify::{Coalescer, Notification};
+use crate::response::reset::ResetBackend;
+use crate::response::store::{JobState, JobStore, StoreError};
+use crate::response::{self, Accepted, Responders, RunStats};
 use std::collections::BTreeSet;
 
 /// Everything that can stop a replay.
@@ -43,6 +47,10 @@ pub enum ReplayError {
     Detectors(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Response(#[from] ResponseConfigError),
+    #[error("cannot start the response stage's runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot create output directory {path}: {source}")]
     OutDir {
         path: String,
@@ -87,6 +95,23 @@ pub struct Summary {
     /// Decisions that reset sessions (each one job in the store, at most once ever).
     pub resets: u64,
     pub audit_entries: u64,
+    /// Messages in `notifications.jsonl` (first alerts and digests).
+    pub notifications: u64,
+    /// Alerts not repeated to a recipient within `repeat_interval`.
+    pub notifications_suppressed: u64,
+}
+
+/// What the response stage did in this run (depends on the store's history, so it is not part
+/// of `summary.json`).
+#[derive(Clone, Debug, Default)]
+pub struct ResponseReport {
+    /// Jobs and audit entries new to the store.
+    pub accepted: Accepted,
+    /// Attempts made in this run.
+    pub ran: RunStats,
+    /// Jobs left pending (waiting for a retry) and dead letters, in the whole store.
+    pub pending: u64,
+    pub dead: u64,
 }
 
 /// The result of a replay, with the measurements `aer replay` prints.
@@ -97,15 +122,27 @@ pub struct ReplayReport {
     pub decisions: Vec<Decision>,
     /// Audit entries of this run's decisions, ordered by (date_create, id).
     pub audit: Vec<serde_json::Value>,
+    /// Messages of this run's decisions, ordered by (send_at, id).
+    pub notifications: Vec<Notification>,
+    pub response: ResponseReport,
     pub rejects: Vec<Reject>,
     pub read_time: Duration,
     pub engine_time: Duration,
     pub total_time: Duration,
 }
 
-/// Runs the pipeline, hands the decisions to the response stage, and writes the output files.
+/// Runs the pipeline, hands the decisions and their notifications to the response stage, runs
+/// the jobs, and writes the output files.
 pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
-    let mut report = run_pipeline(options)?;
+    // Everything the response stage needs is checked before the long part.
+    let config = &options.config;
+    let routing = config.notifications.routing()?;
+    let (group_interval, repeat_interval) = config.notifications.intervals()?;
+    let retry = config.response.retry_policy()?;
+    let responders = Responders {
+        reset: config.response.backend()?,
+        channels: config.notifications.channels()?,
+    };
     std::fs::create_dir_all(&options.out).map_err(|source| ReplayError::OutDir {
         path: options.out.display().to_string(),
         source,
@@ -115,17 +152,49 @@ pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         .clone()
         .unwrap_or_else(|| options.out.join("aer.db"));
     let store = JobStore::open(&db)?;
-    let now = response::now_ms();
-    let accepted = response::accept(&store, &report.decisions, now)?;
-    let ran = response::run_due(&store, &LogBackend::default(), &RetryPolicy::default(), now)?;
+
+    let mut report = run_pipeline(options)?;
+    fault::point("pipeline");
+    let (notifications, suppressed) =
+        Coalescer::new(routing, group_interval, repeat_interval).run(&report.decisions);
+    let accepted = response::accept(
+        &store,
+        &report.decisions,
+        &notifications,
+        response::now_ms(),
+    )?;
+    fault::point("accepted");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReplayError::Runtime)?;
+    let ran = runtime.block_on(response::drain(
+        &store,
+        &responders,
+        &retry,
+        config.response.drain_timeout,
+    ))?;
+    let pending = store.jobs(None, Some(JobState::Pending))?.len() as u64;
+    let dead = store.jobs(None, Some(JobState::Dead))?.len() as u64;
     tracing::info!(
         db = %db.display(),
+        backend = responders.reset.name(),
         new_resets = accepted.resets,
         new_audit = accepted.audit,
+        new_notifications = accepted.notifications,
         done = ran.done,
-        dead = ran.dead,
+        retried = ran.retried,
+        dead_now = ran.dead,
+        pending,
+        dead,
         "response stage"
     );
+    report.response = ResponseReport {
+        accepted,
+        ran,
+        pending,
+        dead,
+    };
     report.audit = report
         .decisions
         .iter()
@@ -141,6 +210,10 @@ pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
         .iter()
         .filter(|d| d.resets_sessions)
         .count() as u64;
+    report.summary.notifications = notifications.len() as u64;
+    report.summary.notifications_suppressed = suppressed;
+    report.notifications = notifications;
+    fault::point("outputs");
     write_outputs(&options.out, &report)?;
     Ok(report)
 }
@@ -227,6 +300,8 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         anomalies,
         decisions,
         audit: Vec::new(),
+        notifications: Vec::new(),
+        response: ResponseReport::default(),
         rejects,
         read_time,
         engine_time,
@@ -303,6 +378,7 @@ pub fn write_outputs(out: &Path, report: &ReplayReport) -> Result<(), ReplayErro
     sink::write_jsonl(&out.join("anomalies.jsonl"), &report.anomalies)?;
     sink::write_jsonl(&out.join("decisions.jsonl"), &report.decisions)?;
     sink::write_jsonl(&out.join("audit.jsonl"), &report.audit)?;
+    sink::write_jsonl(&out.join("notifications.jsonl"), &report.notifications)?;
     sink::write_jsonl(&out.join("rejects.jsonl"), &report.rejects)?;
     sink::write_json(&out.join("summary.json"), &report.summary)?;
     Ok(())

@@ -4,11 +4,26 @@
 
 use aer::model::decision::{Decision, Outcome, Policy};
 use aer::model::{Anomaly, Event};
-use aer::response::reset::{LogBackend, ResetBackend, ResetError};
-use aer::response::store::{Job, JobState, JobStore};
-use aer::response::{accept, audit, run_due, RetryPolicy};
+use aer::response::channel::Channels;
+use aer::response::reset::{LogBackend, ResetBackend};
+use aer::response::store::{Job, JobKind, JobState, JobStore};
+use aer::response::{accept, audit, run_due, CallError, Responders, RetryPolicy, RunStats};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+/// Runs the due jobs once with `backend` and the default channels.
+fn run<R: ResetBackend>(store: &JobStore, backend: R, policy: &RetryPolicy, now: i64) -> RunStats {
+    let responders = Responders {
+        reset: backend,
+        channels: Channels::default(),
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run_due(store, &responders, policy, now))
+        .unwrap()
+}
 
 fn decision(user: &str, at: u64, outcome: Outcome) -> Decision {
     let event = Event {
@@ -42,29 +57,19 @@ fn a_restart_or_replay_never_resets_or_records_twice() {
     let backend = LogBackend::default();
     {
         let store = JobStore::open(&db).unwrap();
-        let first = accept(&store, &decisions, 0).unwrap();
+        let first = accept(&store, &decisions, &[], 0).unwrap();
         assert_eq!(
             (first.resets, first.audit),
             (2, 3),
             "duplicates record no audit entry"
         );
-        assert_eq!(
-            run_due(&store, &backend, &RetryPolicy::default(), 0)
-                .unwrap()
-                .done,
-            2
-        );
+        assert_eq!(run(&store, &backend, &RetryPolicy::default(), 0).done, 2);
     }
     // The process restarts and the same decisions arrive again (a replay).
     let store = JobStore::open(&db).unwrap();
-    let again = accept(&store, &decisions, 10).unwrap();
+    let again = accept(&store, &decisions, &[], 10).unwrap();
     assert_eq!((again.resets, again.audit), (0, 0));
-    assert_eq!(
-        run_due(&store, &backend, &RetryPolicy::default(), 10)
-            .unwrap()
-            .done,
-        0
-    );
+    assert_eq!(run(&store, &backend, &RetryPolicy::default(), 10).done, 0);
     assert_eq!(
         backend.calls(),
         vec![
@@ -72,7 +77,7 @@ fn a_restart_or_replay_never_resets_or_records_twice() {
             ("E".to_string(), "B".to_string())
         ]
     );
-    assert_eq!(store.jobs(Some(JobState::Done)).unwrap().len(), 2);
+    assert_eq!(store.jobs(None, Some(JobState::Done)).unwrap().len(), 2);
     assert_eq!(store.audit_entries().unwrap().len(), 3);
 }
 
@@ -87,10 +92,10 @@ impl ResetBackend for Flaky {
     fn name(&self) -> &'static str {
         "flaky"
     }
-    fn reset(&self, _job: &Job) -> Result<(), ResetError> {
+    async fn reset(&self, _job: &Job) -> Result<(), CallError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n < self.failures {
-            Err(ResetError::Retryable {
+            Err(CallError::Retryable {
                 message: format!("ratelimited ({n})"),
                 retry_after: self.retry_after,
             })
@@ -103,15 +108,15 @@ impl ResetBackend for Flaky {
 #[test]
 fn failures_back_off_honour_retry_after_and_then_succeed() {
     let store = JobStore::in_memory().unwrap();
-    accept(&store, &[decision("A", 100, Outcome::Reset)], 0).unwrap();
+    accept(&store, &[decision("A", 100, Outcome::Reset)], &[], 0).unwrap();
     let backend = Flaky {
         failures: 2,
         calls: AtomicU32::new(0),
         retry_after: Some(Duration::from_secs(30)),
     };
     let policy = RetryPolicy::default();
-    assert_eq!(run_due(&store, &backend, &policy, 0).unwrap().retried, 1);
-    let job = store.jobs(None).unwrap().remove(0);
+    assert_eq!(run(&store, &backend, &policy, 0).retried, 1);
+    let job = store.jobs(None, None).unwrap().remove(0);
     assert_eq!(job.attempts, 1);
     assert!(
         job.next_attempt_ms >= 30_000,
@@ -120,22 +125,19 @@ fn failures_back_off_honour_retry_after_and_then_succeed() {
     );
     assert_eq!(job.last_error.as_deref(), Some("ratelimited (0)"));
     // Nothing is due before then.
-    assert_eq!(
-        run_due(&store, &backend, &policy, 29_999).unwrap(),
-        Default::default()
-    );
+    assert_eq!(run(&store, &backend, &policy, 29_999), Default::default());
     let t = job.next_attempt_ms;
-    assert_eq!(run_due(&store, &backend, &policy, t).unwrap().retried, 1);
-    let t = store.jobs(None).unwrap()[0].next_attempt_ms;
-    assert_eq!(run_due(&store, &backend, &policy, t).unwrap().done, 1);
-    let job = store.jobs(None).unwrap().remove(0);
+    assert_eq!(run(&store, &backend, &policy, t).retried, 1);
+    let t = store.jobs(None, None).unwrap()[0].next_attempt_ms;
+    assert_eq!(run(&store, &backend, &policy, t).done, 1);
+    let job = store.jobs(None, None).unwrap().remove(0);
     assert_eq!((job.state, job.attempts), (JobState::Done, 3));
 }
 
 #[test]
 fn a_job_that_keeps_failing_goes_to_the_dead_letter_state() {
     let store = JobStore::in_memory().unwrap();
-    accept(&store, &[decision("A", 100, Outcome::Reset)], 0).unwrap();
+    accept(&store, &[decision("A", 100, Outcome::Reset)], &[], 0).unwrap();
     let backend = Flaky {
         failures: u32::MAX,
         calls: AtomicU32::new(0),
@@ -148,15 +150,15 @@ fn a_job_that_keeps_failing_goes_to_the_dead_letter_state() {
     let mut now = 0;
     let mut delays = Vec::new();
     for _ in 0..10 {
-        run_due(&store, &backend, &policy, now).unwrap();
-        let job = store.jobs(None).unwrap().remove(0);
+        run(&store, &backend, &policy, now);
+        let job = store.jobs(None, None).unwrap().remove(0);
         if job.state == JobState::Dead {
             break;
         }
         delays.push(job.next_attempt_ms - now);
         now = job.next_attempt_ms;
     }
-    let dead = store.jobs(Some(JobState::Dead)).unwrap();
+    let dead = store.jobs(None, Some(JobState::Dead)).unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 4);
     assert_eq!(dead[0].last_error.as_deref(), Some("ratelimited (3)"));
@@ -171,17 +173,17 @@ fn a_job_that_keeps_failing_goes_to_the_dead_letter_state() {
     }
     // A permanent error is dead at once.
     let store = JobStore::in_memory().unwrap();
-    accept(&store, &[decision("B", 100, Outcome::Reset)], 0).unwrap();
+    accept(&store, &[decision("B", 100, Outcome::Reset)], &[], 0).unwrap();
     struct Refuses;
     impl ResetBackend for Refuses {
         fn name(&self) -> &'static str {
             "refuses"
         }
-        fn reset(&self, _job: &Job) -> Result<(), ResetError> {
-            Err(ResetError::Permanent("user_not_found".into()))
+        async fn reset(&self, _job: &Job) -> Result<(), CallError> {
+            Err(CallError::Permanent("user_not_found".into()))
         }
     }
-    assert_eq!(run_due(&store, &Refuses, &policy, 0).unwrap().dead, 1);
+    assert_eq!(run(&store, &Refuses, &policy, 0).dead, 1);
 }
 
 #[test]
@@ -254,7 +256,7 @@ fn replaying_twice_into_one_store_resets_each_decision_once() {
     let mut config = Config::default();
     config.detectors.tor_exit_list = Some(tor);
     let db = dir.path().join("aer.db");
-    let mut audits = Vec::new();
+    let (mut audits, mut notes) = (Vec::new(), Vec::new());
     for run in 0..2 {
         let out = dir.path().join(format!("out{run}"));
         let report = replay(&ReplayOptions {
@@ -269,21 +271,39 @@ fn replaying_twice_into_one_store_resets_each_decision_once() {
         // Tor responds by default (Slack's shipping modes): the injected Tor sign-ins reset.
         assert!(report.summary.resets >= 2, "{:?}", report.summary);
         let store = JobStore::open(&db).unwrap();
-        let jobs = store.jobs(None).unwrap();
+        let resets = store.jobs(Some(JobKind::Reset), None).unwrap();
         assert_eq!(
-            jobs.len() as u64,
+            resets.len() as u64,
             report.summary.resets,
             "one job per resetting decision"
         );
-        assert!(jobs
+        let deliveries = store.jobs(Some(JobKind::Notify), None).unwrap();
+        assert_eq!(
+            deliveries.len() as u64,
+            report.summary.notifications,
+            "one job per message"
+        );
+        assert!(report.summary.notifications > 0);
+        assert!(resets
             .iter()
+            .chain(&deliveries)
             .all(|j| j.state == JobState::Done && j.attempts == 1));
         assert_eq!(
             store.audit_entries().unwrap().len() as u64,
             report.summary.audit_entries
         );
+        if run == 1 {
+            assert_eq!(
+                report.response.accepted,
+                Default::default(),
+                "the second replay adds nothing to the store"
+            );
+            assert_eq!(report.response.ran, Default::default(), "and runs nothing");
+        }
         audits.push(std::fs::read_to_string(out.join("audit.jsonl")).unwrap());
+        notes.push(std::fs::read_to_string(out.join("notifications.jsonl")).unwrap());
     }
     assert_eq!(audits[0], audits[1]);
+    assert_eq!(notes[0], notes[1]);
     assert!(audits[0].contains("user_sessions_reset_by_anomaly_event_response"));
 }

@@ -1,5 +1,6 @@
-//! The durable job store: an embedded SQLite database (WAL) holding reset jobs keyed by decision
-//! id and audit entries keyed by their own id. Inserting an id that exists is a no-op, which is
+//! The durable job store: an embedded SQLite database (WAL) holding response jobs (session resets
+//! keyed by decision id, notification deliveries keyed by notification id) and audit entries keyed
+//! by their own id. Inserting an id that exists is a no-op, which is
 //! what makes a replay or a restart never reset or record twice. Jobs move from `pending` to
 //! `done`, or to `dead` (the dead-letter state, with the last error) when retries run out.
 
@@ -7,6 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use super::notify::Notification;
 use crate::model::decision::Decision;
 
 /// Errors of the store.
@@ -21,6 +23,12 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("job store holds a bad record: {0}")]
     Decode(#[from] serde_json::Error),
+    #[error("job store {path} has schema version {found}; this aer uses version {expected}")]
+    Version {
+        path: String,
+        found: i64,
+        expected: i64,
+    },
 }
 
 /// A job's state.
@@ -33,7 +41,7 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn as_str(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             JobState::Pending => "pending",
             JobState::Done => "done",
@@ -41,30 +49,68 @@ impl JobState {
         }
     }
 
-    fn parse(s: &str) -> JobState {
+    pub fn parse(s: &str) -> Option<JobState> {
         match s {
-            "done" => JobState::Done,
-            "dead" => JobState::Dead,
-            _ => JobState::Pending,
+            "pending" => Some(JobState::Pending),
+            "done" => Some(JobState::Done),
+            "dead" => Some(JobState::Dead),
+            _ => None,
         }
     }
 }
 
-/// A session reset job.
+/// What a job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// End a user's sessions (`subject` = the user id).
+    Reset,
+    /// Deliver a notification (`subject` = the recipient's address).
+    Notify,
+}
+
+impl JobKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobKind::Reset => "reset",
+            JobKind::Notify => "notify",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        match s {
+            "reset" => Some(JobKind::Reset),
+            "notify" => Some(JobKind::Notify),
+            _ => None,
+        }
+    }
+}
+
+/// A response job: a session reset or a notification delivery.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
-    /// The decision id: one job per decision, ever.
+    /// The idempotency key: the decision id for a reset, the notification id for a delivery.
     pub id: String,
+    pub kind: JobKind,
     pub enterprise: String,
-    pub user: String,
-    pub session: Option<String>,
-    /// The event time of the decision.
-    pub decided_at: u64,
+    /// The user whose sessions to reset, or the recipient's address.
+    pub subject: String,
+    /// The event time the job stems from (decision time, or a notification's send time).
+    pub event_time: u64,
     pub state: JobState,
     pub attempts: u32,
     /// Wall-clock milliseconds before which the job is not tried again.
     pub next_attempt_ms: i64,
     pub last_error: Option<String>,
+    /// The job's data: `{"session": ...}` for a reset, the notification for a delivery.
+    pub payload: serde_json::Value,
+}
+
+impl Job {
+    /// The originating session of a reset job.
+    pub fn session(&self) -> Option<&str> {
+        self.payload["session"].as_str()
+    }
 }
 
 /// The store. One connection; callers serialise access.
@@ -72,17 +118,21 @@ pub struct JobStore {
     conn: Connection,
 }
 
+/// The schema version kept in `PRAGMA user_version`; a store of another version is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
     enterprise TEXT NOT NULL,
-    user TEXT NOT NULL,
-    session TEXT,
-    decided_at INTEGER NOT NULL,
+    subject TEXT NOT NULL,
+    event_time INTEGER NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     next_attempt_ms INTEGER NOT NULL,
-    last_error TEXT
+    last_error TEXT,
+    payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_ms);
 CREATE TABLE IF NOT EXISTS audit (
@@ -104,7 +154,26 @@ impl JobStore {
             .map_err(open)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open)?;
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open)?;
+        let has_tables: bool = conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(open)?;
+        if has_tables && found != SCHEMA_VERSION {
+            return Err(StoreError::Version {
+                path: path.display().to_string(),
+                found,
+                expected: SCHEMA_VERSION,
+            });
+        }
         conn.execute_batch(SCHEMA).map_err(open)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open)?;
         Ok(JobStore { conn })
     }
 
@@ -117,19 +186,78 @@ impl JobStore {
 
     /// Adds the reset job of a decision; returns false when it was already there.
     pub fn enqueue_reset(&self, decision: &Decision, now_ms: i64) -> Result<bool, StoreError> {
+        let payload = serde_json::json!({ "session": decision.anomaly.session_id });
+        self.enqueue(
+            &decision.id,
+            JobKind::Reset,
+            &decision.enterprise,
+            &decision.user,
+            decision.decided_at,
+            &payload,
+            now_ms,
+        )
+    }
+
+    /// Adds the delivery job of a notification; returns false when it was already there.
+    pub fn enqueue_notification(
+        &self,
+        notification: &Notification,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.enqueue(
+            &notification.id,
+            JobKind::Notify,
+            &notification.enterprise,
+            &notification.recipient.address,
+            notification.send_at,
+            &serde_json::to_value(notification)?,
+            now_ms,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &self,
+        id: &str,
+        kind: JobKind,
+        enterprise: &str,
+        subject: &str,
+        event_time: u64,
+        payload: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO jobs (id, enterprise, user, session, decided_at, state, attempts, next_attempt_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6)",
+            "INSERT OR IGNORE INTO jobs (id, kind, enterprise, subject, event_time, state, attempts, next_attempt_ms, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7)",
             params![
-                decision.id,
-                decision.enterprise,
-                decision.user,
-                decision.anomaly.session_id,
-                decision.decided_at as i64,
-                now_ms
+                id,
+                kind.as_str(),
+                enterprise,
+                subject,
+                event_time as i64,
+                now_ms,
+                serde_json::to_string(payload)?
             ],
         )?;
         Ok(n == 1)
+    }
+
+    /// Runs `f` in one transaction: all of its writes land, or none.
+    pub fn atomically<T>(
+        &self,
+        f: impl FnOnce(&JobStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        match f(self) {
+            Ok(value) => {
+                self.conn.execute_batch("COMMIT")?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// Appends an audit entry (with a string `id` and integer `date_create`); false if present.
@@ -157,27 +285,40 @@ impl JobStore {
     }
 
     fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+        let bad = |i: usize, what: &str, v: String| {
+            rusqlite::Error::FromSqlConversionFailure(
+                i,
+                rusqlite::types::Type::Text,
+                format!("unknown job {what} {v:?}").into(),
+            )
+        };
+        let kind: String = r.get(1)?;
+        let state: String = r.get(5)?;
+        let payload: String = r.get(9)?;
         Ok(Job {
             id: r.get(0)?,
-            enterprise: r.get(1)?,
-            user: r.get(2)?,
-            session: r.get(3)?,
-            decided_at: r.get::<_, i64>(4)? as u64,
-            state: JobState::parse(&r.get::<_, String>(5)?),
+            kind: JobKind::parse(&kind).ok_or_else(|| bad(1, "kind", kind.clone()))?,
+            enterprise: r.get(2)?,
+            subject: r.get(3)?,
+            event_time: r.get::<_, i64>(4)? as u64,
+            state: JobState::parse(&state).ok_or_else(|| bad(5, "state", state.clone()))?,
             attempts: r.get::<_, i64>(6)? as u32,
             next_attempt_ms: r.get(7)?,
             last_error: r.get(8)?,
+            payload: serde_json::from_str(&payload).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(9, rusqlite::types::Type::Text, e.into())
+            })?,
         })
     }
 
     const COLUMNS: &'static str =
-        "id, enterprise, user, session, decided_at, state, attempts, next_attempt_ms, last_error";
+        "id, kind, enterprise, subject, event_time, state, attempts, next_attempt_ms, last_error, payload";
 
-    /// Pending jobs due at `now_ms`, oldest decision first.
+    /// Pending jobs due at `now_ms`, oldest event first.
     pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<Job>, StoreError> {
         let sql = format!(
             "SELECT {} FROM jobs WHERE state = 'pending' AND next_attempt_ms <= ?1
-             ORDER BY decided_at, id LIMIT ?2",
+             ORDER BY event_time, id LIMIT ?2",
             Self::COLUMNS
         );
         let mut stmt = self.conn.prepare(&sql)?;
@@ -185,14 +326,31 @@ impl JobStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Jobs in a state (all when `None`), oldest decision first.
-    pub fn jobs(&self, state: Option<JobState>) -> Result<Vec<Job>, StoreError> {
+    /// When the earliest pending job is next due (wall-clock ms), if any job is pending.
+    pub fn next_due_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT min(next_attempt_ms) FROM jobs WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Jobs of a kind and in a state (all when `None`), oldest event first.
+    pub fn jobs(
+        &self,
+        kind: Option<JobKind>,
+        state: Option<JobState>,
+    ) -> Result<Vec<Job>, StoreError> {
         let sql = format!(
-            "SELECT {} FROM jobs WHERE ?1 IS NULL OR state = ?1 ORDER BY decided_at, id",
+            "SELECT {} FROM jobs WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR state = ?2)
+             ORDER BY event_time, id",
             Self::COLUMNS
         );
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params![state.map(|s| s.as_str())], Self::job_from_row)?;
+        let rows = stmt.query_map(
+            params![kind.map(|k| k.as_str()), state.map(|s| s.as_str())],
+            Self::job_from_row,
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
