@@ -2,14 +2,15 @@
 //! replay or a restart never resets or records twice), failures retry with backoff that honours
 //! Retry-After, and a job that keeps failing ends in the dead-letter state with its last error.
 
-use aer::model::decision::{Decision, Outcome, Policy};
-use aer::model::{Anomaly, Event};
+use aer::model::decision::Outcome;
 use aer::response::channel::Channels;
 use aer::response::reset::{LogBackend, ResetBackend};
 use aer::response::store::{Job, JobKind, JobState, JobStore};
 use aer::response::{accept, audit, run_due, CallError, Responders, RetryPolicy, RunStats};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+mod support;
 
 /// Runs the due jobs once with `backend` and the default channels.
 fn run<R: ResetBackend>(store: &JobStore, backend: R, policy: &RetryPolicy, now: i64) -> RunStats {
@@ -25,24 +26,7 @@ fn run<R: ResetBackend>(store: &JobStore, backend: R, policy: &RetryPolicy, now:
         .unwrap()
 }
 
-fn decision(user: &str, at: u64, outcome: Outcome) -> Decision {
-    let event = Event {
-        id: format!("e-{user}-{at}"),
-        time: at,
-        action: "file_downloaded".into(),
-        enterprise: "E".into(),
-        user: user.into(),
-        session: Some("s1".into()),
-        ip: Some("204.8.156.10".into()),
-        ua: None,
-        asn: None,
-    };
-    let finding = aer::model::client::Finding::Tor {
-        ip: "204.8.156.10".into(),
-    };
-    let anomaly: Anomaly = finding.anomaly(&event, at, 0, 3600);
-    Decision::record(anomaly, outcome, &Policy::default(), 0, None, Some(at))
-}
+use support::tor_decision as decision;
 
 #[test]
 fn a_restart_or_replay_never_resets_or_records_twice() {

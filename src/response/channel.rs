@@ -11,7 +11,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::notify::Notification;
-use super::reset::http_error;
+use super::reset::{describe, http_error};
 use super::CallError;
 
 /// How an SMTP connection is secured.
@@ -148,7 +148,9 @@ impl Channel {
                     .json(&body)
                     .send()
                     .await
-                    .map_err(|e| http_error(e.status(), None, format!("webhook: {e}")))?;
+                    .map_err(|e| {
+                        http_error(e.status(), None, format!("webhook: {}", describe(&e)))
+                    })?;
                 let status = response.status();
                 if status.is_success() {
                     Ok(())

@@ -128,6 +128,22 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// A transport error with its causes (reqwest's own text omits them), marking timeouts.
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        format!("timed out: {e}")
+    } else {
+        e.to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Sorts a failed HTTP exchange (no answer, or a non-2xx status) into retryable or permanent.
 pub fn http_error(
     status: Option<reqwest::StatusCode>,
@@ -174,7 +190,7 @@ impl ResetBackend for SlackBackend {
             .json(&serde_json::json!({ "user_id": job.subject }))
             .send()
             .await
-            .map_err(|e| http_error(e.status(), None, format!("{url}: {e}")))?;
+            .map_err(|e| http_error(e.status(), None, format!("{url}: {}", describe(&e))))?;
         let status = response.status();
         let headers = response.headers().clone();
         if !status.is_success() {
