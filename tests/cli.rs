@@ -81,3 +81,22 @@ fn a_missing_input_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Every TOML example in the README is a valid configuration on its own.
+#[test]
+fn the_readme_config_examples_are_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut blocks = 0;
+    for (i, block) in readme.split("```toml\n").skip(1).enumerate() {
+        let text = block.split("```").next().unwrap();
+        let path = dir.path().join(format!("example{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        if let Err(e) = aer::config::Config::load(&path) {
+            panic!("README example {i} is invalid: {e}\n{text}");
+        }
+        blocks += 1;
+    }
+    assert!(blocks >= 3, "found {blocks} examples");
+}

@@ -26,8 +26,8 @@
 //! channel = "secops"
 //! addresses = ["#secops"]
 //! [notifications.enterprises.E0123.org_primary_owner]
-//! channel = "mail"
-//! addresses = ["owner@example.com"]
+//! channel = "secops"
+//! addresses = ["#e0123-owner"]
 //! ```
 
 use std::collections::BTreeMap;
