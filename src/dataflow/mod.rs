@@ -5,6 +5,7 @@
 
 pub mod decide;
 pub mod heuristics;
+pub mod live;
 pub mod ops;
 pub mod screen;
 pub mod threshold;
@@ -12,6 +13,8 @@ pub mod threshold;
 use differential_dataflow::input::{Input, InputSession};
 use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use timely::dataflow::ProbeHandle;
+use timely::worker::Worker;
 
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
 use crate::model::{Anomaly, Event, HeuristicParams, Rule, Sequenced, Time};
@@ -111,7 +114,7 @@ enum Change<'a> {
 }
 
 /// Worker 0's inputs, advanced together.
-struct Inputs {
+pub(crate) struct Inputs {
     events: InputSession<Time, Event, isize>,
     rules: InputSession<Time, Rule, isize>,
     policies: InputSession<Time, (PolicyScope, Policy), isize>,
@@ -132,6 +135,48 @@ impl Inputs {
         self.policies.flush();
         self.tor.flush();
     }
+}
+
+/// Builds the detection and decision graph on `worker`: the inputs, and a probe that has passed a
+/// time once every anomaly and decision of that time went through `on_anomaly` / `on_decision`
+/// on worker 0 (both are gathered there).
+pub(crate) fn build(
+    worker: &mut Worker,
+    heuristics: HeuristicParams,
+    session_expiry: u64,
+    state_max: Arc<AtomicUsize>,
+    on_anomaly: impl Fn(&Anomaly, Time) + 'static,
+    on_decision: impl Fn(&Decision, Time) + 'static,
+) -> (Inputs, ProbeHandle<Time>) {
+    worker.dataflow::<Time, _, _>(|scope| {
+        let (events_in, events) = scope.new_collection();
+        let (rules_in, rules) = scope.new_collection();
+        let (policies_in, policies) = scope.new_collection();
+        let (tor_in, tor) = scope.new_collection();
+        let screened = screen::screen(events.clone(), policies.clone());
+        let anomalies = threshold::detect(screened.clone(), rules)
+            .concat(heuristics::detect(screened, tor, heuristics, state_max));
+        let probe = ProbeHandle::new();
+        anomalies
+            .clone()
+            .inner
+            .exchange(|_| 0)
+            .inspect(move |(anomaly, time, _): &(Anomaly, Time, isize)| on_anomaly(anomaly, *time))
+            .probe_with(&probe);
+        decide::decide(events, anomalies, policies, session_expiry)
+            .exchange(|_| 0)
+            .inspect(move |(decision, time, _): &(Decision, Time, isize)| {
+                on_decision(decision, *time)
+            })
+            .probe_with(&probe);
+        let inputs = Inputs {
+            events: events_in,
+            rules: rules_in,
+            policies: policies_in,
+            tor: tor_in,
+        };
+        (inputs, probe)
+    })
 }
 
 /// Events fed between two checks on the dataflow's progress.
@@ -184,49 +229,28 @@ pub fn run_instrumented(
         let state_max = worker_state_max.clone();
         let end = input.end;
         let session_expiry = input.session_expiry;
-        let (inputs, probe) =
-            worker.dataflow::<Time, _, _>(|scope| {
-                let (events_in, events) = scope.new_collection();
-                let (rules_in, rules) = scope.new_collection();
-                let (policies_in, policies) = scope.new_collection();
-                let (tor_in, tor) = scope.new_collection();
-                let screened = screen::screen(events.clone(), policies.clone());
-                let anomalies = threshold::detect(screened.clone(), rules).concat(
-                    heuristics::detect(screened, tor, input.heuristics.clone(), state_max),
-                );
-                let probe = timely::dataflow::ProbeHandle::new();
-                anomalies
-                    .clone()
-                    .inner
-                    .exchange(|_| 0)
-                    .inspect(move |(anomaly, _, _): &(Anomaly, Time, isize)| {
-                        if anomaly.detected_at <= end {
-                            anomaly_sink
-                                .lock()
-                                .expect("collector")
-                                .push(anomaly.clone());
-                        }
-                    })
-                    .probe_with(&probe);
-                decide::decide(events, anomalies, policies, session_expiry)
-                    .exchange(|_| 0)
-                    .inspect(move |(decision, _, _): &(Decision, Time, isize)| {
-                        if decision.decided_at <= end {
-                            decision_sink
-                                .lock()
-                                .expect("collector")
-                                .push(decision.clone());
-                        }
-                    })
-                    .probe_with(&probe);
-                let inputs = Inputs {
-                    events: events_in,
-                    rules: rules_in,
-                    policies: policies_in,
-                    tor: tor_in,
-                };
-                (inputs, probe)
-            });
+        let (inputs, probe) = build(
+            worker,
+            input.heuristics.clone(),
+            session_expiry,
+            state_max,
+            move |anomaly: &Anomaly, _| {
+                if anomaly.detected_at <= end {
+                    anomaly_sink
+                        .lock()
+                        .expect("collector")
+                        .push(anomaly.clone());
+                }
+            },
+            move |decision: &Decision, _| {
+                if decision.decided_at <= end {
+                    decision_sink
+                        .lock()
+                        .expect("collector")
+                        .push(decision.clone());
+                }
+            },
+        );
         if worker.index() == 0 {
             let mut inputs = inputs;
             let mut changes: Vec<(Time, Change<'_>)> = input

@@ -1,0 +1,262 @@
+//! The live driver: the same graph as [`super::run`], fed from a channel of [`Command`]s while it
+//! runs (sequenced events, configuration changes, watermark advances) instead of from a finished
+//! input. Anomalies and decisions leave through a channel once their time is final (the probe
+//! has passed it), in (time, id) order, and [`Live::as_of`] tells the last final event time, the
+//! time every answer built from the outputs is consistent at.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::{build, replace, EngineError, Inputs};
+use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
+use crate::model::{Anomaly, HeuristicParams, Rule, Sequenced, Time};
+
+/// What the live dataflow is told.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// A sequenced event; its time is never earlier than the last advance.
+    Event(Sequenced),
+    /// The rule set in force from now on.
+    Rules(Vec<Rule>),
+    /// The decision policies in force from now on.
+    Policies(Policies),
+    /// The Tor exit list in force from now on.
+    Tor(BTreeSet<String>),
+    /// The watermark: no event earlier than this time will come, so earlier times are final.
+    Advance(Time),
+}
+
+/// A final result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // few, and moved once each
+pub enum Output {
+    Anomaly(Anomaly),
+    Decision(Decision),
+}
+
+/// How the live graph is set up.
+#[derive(Clone, Debug)]
+pub struct LiveSettings {
+    pub workers: usize,
+    pub heuristics: HeuristicParams,
+    pub session_expiry: u64,
+}
+
+/// A running live dataflow. Dropping the command sender (through [`Live::finish`]) makes every
+/// time up to the last event final, releases what is left, and stops the workers.
+pub struct Live {
+    commands: Option<Sender<Command>>,
+    /// One past the last final time (0: nothing final yet).
+    frontier: Arc<AtomicU64>,
+    guards: Option<timely::communication::WorkerGuards<()>>,
+}
+
+/// Commands applied between two steps of the dataflow.
+const BATCH: usize = 16_384;
+
+impl Live {
+    /// Starts the workers; final outputs go to `outputs`.
+    pub fn start(settings: LiveSettings, outputs: Sender<Output>) -> Result<Live, EngineError> {
+        let (tx, rx) = std::sync::mpsc::channel::<Command>();
+        let rx = Arc::new(Mutex::new(Some(rx)));
+        let frontier = Arc::new(AtomicU64::new(0));
+        let worker_frontier = frontier.clone();
+        // The time all workers run to before they stop (u64::MAX: still running).
+        let stop_at = Arc::new(AtomicU64::new(u64::MAX));
+        let outputs = Mutex::new(outputs);
+        let config = timely::Config::process(settings.workers.max(1));
+        let guards = timely::execute(config, move |worker| {
+            let stop_at = stop_at.clone();
+            let held: Rc<RefCell<Vec<(Time, Output)>>> = Rc::default();
+            let (a, d) = (held.clone(), held.clone());
+            let (inputs, probe) = build(
+                worker,
+                settings.heuristics.clone(),
+                settings.session_expiry,
+                Arc::new(AtomicUsize::new(0)),
+                move |anomaly: &Anomaly, t| {
+                    a.borrow_mut().push((t, Output::Anomaly(anomaly.clone())))
+                },
+                move |decision: &Decision, t| {
+                    d.borrow_mut().push((t, Output::Decision(decision.clone())))
+                },
+            );
+            let release = || {
+                let frontier = probe.with_frontier(|f| f.first().copied());
+                let mut held = held.borrow_mut();
+                let (ready, keep): (Vec<_>, Vec<_>) = held
+                    .drain(..)
+                    .partition(|(t, _)| frontier.is_none_or(|f| *t < f));
+                *held = keep;
+                let mut ready = ready;
+                ready.sort_by(|a, b| (a.0, key(&a.1)).cmp(&(b.0, key(&b.1))));
+                if !ready.is_empty() {
+                    let out = outputs.lock().expect("live outputs");
+                    for (_, o) in ready {
+                        // A closed receiver means nobody listens any more: drop quietly.
+                        let _ = out.send(o);
+                    }
+                }
+                if let Some(f) = frontier {
+                    worker_frontier.fetch_max(f, Ordering::Relaxed);
+                }
+            };
+            if worker.index() != 0 {
+                drop(inputs);
+                loop {
+                    let end = stop_at.load(Ordering::Acquire);
+                    if end != u64::MAX && !probe.less_than(&end) {
+                        break;
+                    }
+                    worker.step_or_park(Some(Duration::from_millis(5)));
+                }
+                for dataflow in worker.installed_dataflows() {
+                    worker.drop_dataflow(dataflow);
+                }
+                return;
+            }
+            let rx: Receiver<Command> = rx
+                .lock()
+                .expect("live commands")
+                .take()
+                .expect("worker 0 takes the commands once");
+            let mut state = Feed::new(inputs);
+            loop {
+                let mut open = true;
+                match rx.recv_timeout(Duration::from_millis(5)) {
+                    Ok(c) => state.apply(c),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+                for _ in 0..BATCH {
+                    match rx.try_recv() {
+                        Ok(c) => state.apply(c),
+                        Err(_) => break,
+                    }
+                }
+                state.inputs.flush();
+                worker.step();
+                release();
+                if !open {
+                    break;
+                }
+            }
+            // Make everything up to the last event final, then stop: later window and bucket
+            // expiries are not needed.
+            let end = state.now + 1;
+            stop_at.store(end, Ordering::Release);
+            state.inputs.advance_to(end);
+            state.inputs.flush();
+            worker.step_while(|| probe.less_than(&end));
+            release();
+            drop(state);
+            for dataflow in worker.installed_dataflows() {
+                worker.drop_dataflow(dataflow);
+            }
+        })
+        .map_err(EngineError::Timely)?;
+        Ok(Live {
+            commands: Some(tx),
+            frontier,
+            guards: Some(guards),
+        })
+    }
+
+    /// Sends a command; false when the dataflow has stopped.
+    pub fn send(&self, command: Command) -> bool {
+        self.commands
+            .as_ref()
+            .is_some_and(|tx| tx.send(command).is_ok())
+    }
+
+    /// The last event time whose results are final, if any.
+    pub fn as_of(&self) -> Option<Time> {
+        self.frontier.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// A shared view of the frontier, for readers that outlive a borrow of `self`.
+    pub fn frontier(&self) -> Arc<AtomicU64> {
+        self.frontier.clone()
+    }
+
+    /// Closes the input, waits until every result up to the last event has been released, and
+    /// stops the workers.
+    pub fn finish(mut self) -> Result<(), EngineError> {
+        self.commands = None;
+        if let Some(guards) = self.guards.take() {
+            for result in guards.join() {
+                result.map_err(|_| EngineError::WorkerPanicked)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.commands = None;
+        if let Some(guards) = self.guards.take() {
+            let _ = guards.join();
+        }
+    }
+}
+
+fn key(o: &Output) -> (u8, &str) {
+    match o {
+        Output::Anomaly(a) => (0, a.id.as_str()),
+        Output::Decision(d) => (1, d.id.as_str()),
+    }
+}
+
+/// Worker 0's inputs and what is in force.
+struct Feed {
+    inputs: Inputs,
+    now: Time,
+    rules: Vec<Rule>,
+    policies: Vec<(PolicyScope, Policy)>,
+    tor: Vec<String>,
+}
+
+impl Feed {
+    fn new(inputs: Inputs) -> Feed {
+        Feed {
+            inputs,
+            now: 0,
+            rules: Vec::new(),
+            policies: Vec::new(),
+            tor: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Event((at, event)) => {
+                if at > self.now {
+                    self.now = at;
+                    self.inputs.advance_to(at);
+                }
+                self.inputs.events.insert(event);
+            }
+            Command::Advance(to) => {
+                if to > self.now {
+                    self.now = to;
+                    self.inputs.advance_to(to);
+                }
+            }
+            Command::Rules(rules) => replace(rules, &mut self.rules, &mut self.inputs.rules),
+            Command::Policies(p) => {
+                replace(p.records(), &mut self.policies, &mut self.inputs.policies)
+            }
+            Command::Tor(ips) => replace(
+                ips.into_iter().collect(),
+                &mut self.tor,
+                &mut self.inputs.tor,
+            ),
+        }
+    }
+}
