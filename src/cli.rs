@@ -43,6 +43,28 @@ enum Command {
         #[arg(long)]
         db: Option<PathBuf>,
     },
+    /// Run the live service: sources, the dataflow, the response stage and the HTTP API, until
+    /// SIGINT or SIGTERM.
+    Run {
+        /// TOML configuration (see the README); `[service]` sets the address, store and tokens.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Worker threads of the dataflow.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Overrides `[service] listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `[service] db`.
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// Also read events (JSON lines) from standard input.
+        #[arg(long)]
+        stdin: bool,
+        /// Follow these files (read from the start, then appended lines; rotation is noticed).
+        #[arg(long)]
+        follow: Vec<PathBuf>,
+    },
     /// List the response stage's jobs (JSON lines), for example the dead letters.
     Jobs {
         #[arg(long, default_value = "aer-out/aer.db")]
@@ -122,6 +144,14 @@ pub fn main() -> ExitCode {
             db,
         } => cmd_replay(files, config, workers, out, db),
         Command::Jobs { db, state, kind } => cmd_jobs(db, state, kind),
+        Command::Run {
+            config,
+            workers,
+            listen,
+            db,
+            stdin,
+            follow,
+        } => cmd_run(config, workers, listen, db, stdin, follow),
         Command::Generate {
             out,
             labels,
@@ -187,6 +217,35 @@ fn print_measurements(report: &ReplayReport, workers: usize) {
         report.read_time.as_secs_f64(),
         peak_rss_bytes().map_or("?".into(), |b| (b >> 20).to_string()),
     );
+}
+
+fn cmd_run(
+    config: Option<PathBuf>,
+    workers: usize,
+    listen: Option<std::net::SocketAddr>,
+    db: Option<PathBuf>,
+    stdin: bool,
+    follow: Vec<PathBuf>,
+) -> Result<(), AnyError> {
+    check_workers(workers)?;
+    let config = load_config(config)?;
+    let service = config.service.clone();
+    let mut options = crate::run::RunOptions::new(config);
+    options.workers = workers;
+    options.listen = listen.unwrap_or(service.listen);
+    options.db = db.unwrap_or(service.db.clone());
+    options.stdin = stdin;
+    options.follow = follow;
+    options.queue = service.queue;
+    options.max_body = service.max_body_bytes;
+    options.idle_flush = service.idle_flush;
+    options.auth = crate::run::auth_from_env(&service)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::run::run(options, crate::run::signal(), None))?;
+    Ok(())
 }
 
 fn cmd_jobs(db: PathBuf, state: Option<String>, kind: Option<String>) -> Result<(), AnyError> {

@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! [engine]
-//! lateness = "0s"         # watermark = max(date_create seen) - lateness (DESIGN 3)
+//! lateness = "5s"         # live: watermark = max(date_create seen) - lateness (DESIGN 3)
 //! dedup_horizon = "1d"    # how long an entry id is remembered to drop API re-sends
 //!
 //! [[rules]]               # overrides the built-in rule of the same reason field by field
@@ -72,6 +72,74 @@ pub struct Config {
     /// Notification routing, channels and coalescing (see [`NotificationsConfig`]).
     #[serde(default)]
     pub notifications: NotificationsConfig,
+    /// `aer run`: the API, HTTP ingest and tokens.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// `[service]`: the live service (`aer run`). Tokens are read from environment variables.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The API and HTTP ingest address. Default `127.0.0.1:8080`.
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+    /// The job store. Default `aer.db`.
+    #[serde(default = "default_db")]
+    pub db: std::path::PathBuf,
+    /// The variable holding the admin token (reads and changes everything). Default
+    /// `AER_ADMIN_TOKEN`; unset, admin endpoints refuse every request.
+    #[serde(default = "default_admin_token_env")]
+    pub admin_token_env: String,
+    /// The variable holding a token that may only post events (optional).
+    pub ingest_token_env: Option<String>,
+    /// Per-enterprise read tokens: enterprise id -> variable holding its token.
+    #[serde(default)]
+    pub read_token_env: BTreeMap<String, String>,
+    /// Ingest queue capacity in batches (one request or up to 4,096 lines each). Default 256;
+    /// when full, HTTP ingest answers 503 with Retry-After and readers wait.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    /// Largest HTTP request body in bytes. Default 10 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Without input for this long, the watermark moves to the newest event. Default 5 s.
+    #[serde(with = "humantime_serde_compat", default = "default_idle_flush")]
+    pub idle_flush: Duration,
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    ([127, 0, 0, 1], 8080).into()
+}
+fn default_db() -> std::path::PathBuf {
+    "aer.db".into()
+}
+fn default_admin_token_env() -> String {
+    "AER_ADMIN_TOKEN".into()
+}
+fn default_queue() -> usize {
+    256
+}
+fn default_max_body() -> usize {
+    10 << 20
+}
+fn default_idle_flush() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            listen: default_listen(),
+            db: default_db(),
+            admin_token_env: default_admin_token_env(),
+            ingest_token_env: None,
+            read_token_env: BTreeMap::new(),
+            queue: default_queue(),
+            max_body_bytes: default_max_body(),
+            idle_flush: default_idle_flush(),
+        }
+    }
 }
 
 /// `[detectors]`: the heuristic detectors (DESIGN 4.2) and the tables they use.
@@ -241,8 +309,9 @@ impl PolicyConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
-    /// How far behind the newest `date_create` the watermark trails. Default: 0 s for replay
-    /// (the whole input is sorted first, so nothing is late); live sources use 5 s.
+    /// How far behind the newest `date_create` the watermark trails in live mode (`aer run`).
+    /// Default 5 s. A replay sorts its whole input first, so nothing is late there and this is
+    /// not used.
     #[serde(with = "humantime_serde_compat", default = "default_lateness")]
     pub lateness: Duration,
     /// How long an entry id is remembered, in event time, to drop the API's re-sends. Default 1 d.
@@ -259,7 +328,7 @@ fn default_session_expiry() -> Duration {
 }
 
 fn default_lateness() -> Duration {
-    Duration::ZERO
+    Duration::from_secs(5)
 }
 fn default_dedup_horizon() -> Duration {
     Duration::from_secs(86_400)

@@ -5,6 +5,7 @@
 //! tested against; [`replay`] runs the pipeline over files; [`generate`] makes synthetic
 //! workloads with labelled attacks.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod dataflow;
@@ -15,3 +16,4 @@ pub mod model;
 pub mod reference;
 pub mod replay;
 pub mod response;
+pub mod run;

@@ -4,6 +4,7 @@
 
 pub mod asn;
 pub mod codec;
+pub mod live;
 pub mod sequencer;
 pub mod sink;
 pub mod source;

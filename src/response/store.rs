@@ -284,6 +284,41 @@ impl JobStore {
         Ok(out)
     }
 
+    /// Audit entries of one enterprise from `since` (event time), the newest `limit`, oldest
+    /// first.
+    pub fn audit_for(
+        &self,
+        enterprise: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT entry FROM (SELECT entry, date_create, id FROM audit
+               WHERE json_extract(entry, '$.context.location.id') = ?1 AND date_create >= ?2
+               ORDER BY date_create DESC, id DESC LIMIT ?3)
+             ORDER BY date_create, id",
+        )?;
+        let rows = stmt.query_map(params![enterprise, since as i64, limit as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    /// (kind, state, count) of every job kind and state present.
+    pub fn job_counts(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         let bad = |i: usize, what: &str, v: String| {
             rusqlite::Error::FromSqlConversionFailure(
