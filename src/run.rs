@@ -308,11 +308,12 @@ async fn sequence(
             },
             _ = stop.notified() => break,
             _ = tokio::time::sleep(idle_flush) => {
-                // Quiet: the newest events will not be joined by earlier ones any more.
+                // Quiet: the newest second is complete. Events that still arrive for it or
+                // earlier are late and processed at the next second, as any late event is.
                 let newest = shared.newest.load(Ordering::Relaxed);
-                if newest > sequencer.watermark() {
+                if newest + 1 > sequencer.watermark() && newest > 0 {
                     let mut released: Vec<Sequenced> = Vec::new();
-                    sequencer.advance(newest, &mut released);
+                    sequencer.advance(newest + 1, &mut released);
                     for s in released.drain(..) {
                         live.send(Command::Event(s));
                     }

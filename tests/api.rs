@@ -339,3 +339,150 @@ async fn health_metrics_jobs_and_the_openapi_document() {
         );
     }
 }
+
+/// `aer run` end to end: a generated workload posted over HTTP (in chunks, retrying on 503)
+/// gives exactly the audit entries `aer replay` writes for the same file; the decision stream
+/// carries every decision; shutdown drains everything, with a stream still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aer_run_over_http_gives_the_replay_results() {
+    use aer::generate::{generate, GenerateOptions};
+    use aer::replay::{replay, ReplayOptions};
+    use aer::run::{run, RunOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let generated = {
+        let mut file = std::fs::File::create(&input).unwrap();
+        generate(
+            &GenerateOptions {
+                events: 6_000,
+                enterprises: 2,
+                days: 2,
+                seed: 3,
+                ..GenerateOptions::default()
+            },
+            &mut file,
+        )
+        .unwrap()
+    };
+    let tor = dir.path().join("tor.txt");
+    std::fs::write(&tor, generated.tor_exits.join("\n")).unwrap();
+    let mut config = Config::default();
+    config.detectors.tor_exit_list = Some(tor);
+    let expected = tokio::task::spawn_blocking({
+        let (config, input, out) = (config.clone(), input.clone(), dir.path().join("replay"));
+        move || {
+            replay(&ReplayOptions {
+                inputs: vec![input],
+                config,
+                workers: 1,
+                out,
+                progress: false,
+                db: None,
+            })
+            .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(expected.summary.resets > 0 && !expected.audit.is_empty());
+
+    let mut options = RunOptions::new(config);
+    options.listen = "127.0.0.1:0".parse().unwrap();
+    options.db = dir.path().join("live.db");
+    options.auth = Auth {
+        admin: Some(ADMIN.into()),
+        ..Auth::default()
+    };
+    options.idle_flush = std::time::Duration::from_millis(200);
+    options.queue = 2;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let service = tokio::spawn(run(
+        options,
+        async {
+            stop_rx.await.ok();
+        },
+        Some(bound_tx),
+    ));
+    let base = format!("http://{}", bound_rx.await.unwrap());
+    let client = reqwest::Client::new();
+
+    // Subscribe to the decision stream first.
+    let mut stream = client
+        .get(format!("{base}/v1/decisions/stream"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let streamed = tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text.matches("event: decision").count()
+    });
+
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut refused = 0;
+    for chunk in lines.chunks(500) {
+        loop {
+            let response = client
+                .post(format!("{base}/v1/events"))
+                .bearer_auth(ADMIN)
+                .body(chunk.join("\n"))
+                .send()
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                202 => break,
+                503 => {
+                    refused += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                other => panic!("ingest answered {other}"),
+            }
+        }
+    }
+    // Wait until the last event's time is final (the idle flush moves the watermark).
+    let last = expected.summary.last_time.unwrap();
+    let enterprise = expected.decisions[0].enterprise.clone();
+    loop {
+        let page: Value = client
+            .get(format!("{base}/v1/enterprises/{enterprise}/decisions"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["as_of"].as_u64().is_some_and(|t| t >= last) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop_tx.send(()).unwrap();
+    service.await.unwrap().unwrap();
+    assert_eq!(
+        streamed.await.unwrap(),
+        expected.decisions.len(),
+        "every decision streamed"
+    );
+    let store = JobStore::open(&dir.path().join("live.db")).unwrap();
+    assert_eq!(
+        store.audit_entries().unwrap(),
+        expected.audit,
+        "live audit = replay audit"
+    );
+    let resets = store
+        .jobs(Some(aer::response::store::JobKind::Reset), None)
+        .unwrap();
+    assert_eq!(resets.len() as u64, expected.summary.resets);
+    assert!(resets
+        .iter()
+        .all(|j| j.state == aer::response::store::JobState::Done));
+    eprintln!("ingest refusals (back-pressure) while posting: {refused}");
+}
