@@ -411,6 +411,11 @@ pub fn auth_from_env(service: &ServiceConfig) -> Result<Auth, RunError> {
         Some(name) => Some(need(name, "[service] ingest_token_env")?),
         None => None,
     };
+    if ingest.is_some() && ingest == admin {
+        return Err(RunError::Token(
+            "the ingest token is also the admin token".into(),
+        ));
+    }
     let mut readers = std::collections::BTreeMap::new();
     for (enterprise, name) in &service.read_token_env {
         let token = need(name, &format!("[service.read_token_env] {enterprise}"))?;
