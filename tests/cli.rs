@@ -100,3 +100,73 @@ fn the_readme_config_examples_are_valid() {
     }
     assert!(blocks >= 3, "found {blocks} examples");
 }
+
+/// `aer run` as a process: it serves, takes events on stdin, and on SIGTERM drains and exits 0.
+#[test]
+fn aer_run_serves_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aer"))
+        .args(["run", "--listen", "127.0.0.1:0", "--stdin", "--db"])
+        .arg(dir.path().join("aer.db"))
+        .env("AER_ADMIN_TOKEN", "t0ken")
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let port: u16 = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "aer run exited early"
+        );
+        if let Some(at) = line.find("127.0.0.1:") {
+            let digits: String = line[at + 10..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            break digits.parse().unwrap();
+        }
+    };
+    let entry = r#"{"id":"x1","date_create":1700000000,"action":"user_login","actor":{"type":"user","user":{"id":"U1"}},"context":{"location":{"type":"enterprise","id":"E1"},"ip_address":"10.0.0.1"}}"#;
+    writeln!(child.stdin.as_mut().unwrap(), "{entry}").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ready = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            if let Ok(r) = client
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return true;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    });
+    assert!(ready, "never ready");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit {exit}: {rest}");
+    assert!(
+        rest.contains("shutting down") && rest.contains("aer run: stopped"),
+        "{rest}"
+    );
+}
