@@ -239,6 +239,7 @@ fn cmd_run(
     options.queue = service.queue;
     options.max_body = service.max_body_bytes;
     options.idle_flush = service.idle_flush;
+    options.slack_audit = service.slack_audit.clone();
     options.auth = crate::run::auth_from_env(&service)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -106,6 +106,8 @@ pub struct ServiceConfig {
     /// Without input for this long, the watermark moves to the newest event. Default 5 s.
     #[serde(with = "humantime_serde_compat", default = "default_idle_flush")]
     pub idle_flush: Duration,
+    /// The Slack Audit Logs API poller; off unless the section is present.
+    pub slack_audit: Option<crate::io::slack_audit::SlackAuditConfig>,
 }
 
 fn default_listen() -> std::net::SocketAddr {
@@ -138,6 +140,7 @@ impl Default for ServiceConfig {
             queue: default_queue(),
             max_body_bytes: default_max_body(),
             idle_flush: default_idle_flush(),
+            slack_audit: None,
         }
     }
 }

@@ -23,6 +23,7 @@ use crate::dataflow::live::{Command, Live, LiveSettings, Output};
 use crate::dataflow::EngineError;
 use crate::io::asn::{AsnError, AsnTable};
 use crate::io::sequencer::Sequencer;
+use crate::io::slack_audit::{PollError, Poller, SlackAuditConfig};
 use crate::model::decision::Decision;
 use crate::model::Sequenced;
 use crate::replay::{heuristic_setup, ReplayError};
@@ -58,6 +59,8 @@ pub enum RunError {
     Panicked,
     #[error("{0}")]
     Token(String),
+    #[error(transparent)]
+    Poll(#[from] PollError),
 }
 
 /// What `aer run` is asked to do.
@@ -81,6 +84,8 @@ pub struct RunOptions {
     /// Without input for this long (wall clock), the watermark moves up to the newest event, so
     /// the last events' results become final.
     pub idle_flush: Duration,
+    /// The Slack Audit Logs API poller, if configured.
+    pub slack_audit: Option<SlackAuditConfig>,
 }
 
 impl RunOptions {
@@ -96,6 +101,7 @@ impl RunOptions {
             queue: 256,
             max_body: 10 << 20,
             idle_flush: Duration::from_secs(5),
+            slack_audit: None,
         }
     }
 }
@@ -222,6 +228,22 @@ pub async fn run(
             stop_sources.clone(),
         ));
     }
+    let poll_stop = Arc::new(Notify::new());
+    let poller = match &options.slack_audit {
+        Some(settings) => {
+            let poller = Poller::new(
+                settings.clone(),
+                &options.db,
+                queue_tx.clone(),
+                shared.metrics_handle(),
+            )?;
+            let stop = poll_stop.clone();
+            Some(tokio::spawn(
+                poller.run(async move { stop.notified().await }),
+            ))
+        }
+        None => None,
+    };
     drop(queue_tx);
 
     let stop = Arc::new(Notify::new());
@@ -255,6 +277,10 @@ pub async fn run(
         .map_err(RunError::Serve)?;
 
     stop_sources.store(true, Ordering::Relaxed);
+    poll_stop.notify_one();
+    if let Some(poller) = poller {
+        poller.await.map_err(|_| RunError::Panicked)??;
+    }
     stop.notify_one();
     sequencer.await.map_err(|_| RunError::Panicked)??;
     tokio::task::spawn_blocking(move || {

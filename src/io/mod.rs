@@ -7,6 +7,7 @@ pub mod codec;
 pub mod live;
 pub mod sequencer;
 pub mod sink;
+pub mod slack_audit;
 pub mod source;
 pub mod sshd;
 

@@ -135,6 +135,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_ms);
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id TEXT PRIMARY KEY,
     date_create INTEGER NOT NULL,
@@ -306,6 +310,28 @@ impl JobStore {
             out.push(serde_json::from_str(&row?)?);
         }
         Ok(out)
+    }
+
+    /// A source's saved position (for example the Slack Audit Logs API poller's checkpoint).
+    pub fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM cursors WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Saves a source's position.
+    pub fn set_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO cursors (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
     }
 
     /// (kind, state, count) of every job kind and state present.

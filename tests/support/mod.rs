@@ -249,3 +249,85 @@ async fn smtp_session(
     }
     Ok(())
 }
+
+/// A fake Slack Audit Logs API, `GET /audit/v1/logs?oldest=&limit=&cursor=`: serves `entries`
+/// with `date_create >= oldest`, newest first, `limit` per page, the cursor being the offset.
+/// Scripted replies (for example a 429) are answered before the real page.
+#[derive(Default)]
+pub struct FakeAudit {
+    pub entries: Mutex<Vec<serde_json::Value>>,
+    pub script: Mutex<VecDeque<Reply>>,
+    /// (oldest, cursor, authorization) of every request.
+    pub requests: Mutex<Vec<(u64, String, Option<String>)>>,
+}
+
+pub fn slack_audit() -> (String, Arc<FakeAudit>) {
+    use axum::extract::Query;
+    use std::collections::HashMap;
+    let fake = Arc::new(FakeAudit::default());
+    let router = Router::new()
+        .route(
+            "/audit/v1/logs",
+            axum::routing::get(
+                |State(fake): State<Arc<FakeAudit>>,
+                 headers: HeaderMap,
+                 Query(q): Query<HashMap<String, String>>| async move {
+                    let oldest: u64 = q.get("oldest").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let limit: usize = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(100);
+                    let cursor = q.get("cursor").cloned().unwrap_or_default();
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    fake.requests
+                        .lock()
+                        .unwrap()
+                        .push((oldest, cursor.clone(), auth));
+                    if let Some(Reply::Http(status, after, body)) =
+                        fake.script.lock().unwrap().pop_front()
+                    {
+                        let mut r =
+                            (StatusCode::from_u16(status).unwrap(), Json(body)).into_response();
+                        if let Some(s) = after {
+                            r.headers_mut()
+                                .insert("retry-after", s.to_string().parse().unwrap());
+                        }
+                        return r;
+                    }
+                    let mut matching: Vec<serde_json::Value> = fake
+                        .entries
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|e| e["date_create"].as_u64().unwrap() >= oldest)
+                        .cloned()
+                        .collect();
+                    matching.sort_by_key(|e| std::cmp::Reverse(e["date_create"].as_u64().unwrap()));
+                    let start: usize = cursor.parse().unwrap_or(0);
+                    let end = (start + limit).min(matching.len());
+                    let next = if end < matching.len() {
+                        end.to_string()
+                    } else {
+                        String::new()
+                    };
+                    Json(serde_json::json!({
+                        "ok": true,
+                        "entries": matching[start..end],
+                        "response_metadata": {"next_cursor": next},
+                    }))
+                    .into_response()
+                },
+            ),
+        )
+        .with_state(fake.clone());
+    (serve(router), fake)
+}
+
+/// A Slack audit entry: a user_login of `user` in enterprise E at `at`.
+pub fn audit_entry(id: &str, at: u64, user: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "date_create": at, "action": "user_login",
+        "actor": {"type": "user", "user": {"id": user}},
+        "context": {"location": {"type": "enterprise", "id": "E"}, "ip_address": "10.0.0.1"},
+    })
+}
