@@ -8,7 +8,7 @@
 //! duplicates. Without a checkpoint, the first cycle starts `backfill` before now.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,7 +149,7 @@ impl Poller {
     /// Reads the token now; keeps its checkpoint in the store at `db`.
     pub fn new(
         config: SlackAuditConfig,
-        db: &PathBuf,
+        db: &Path,
         queue: mpsc::Sender<Ingest>,
         metrics: Arc<Metrics>,
     ) -> Result<Poller, PollError> {
@@ -220,11 +220,8 @@ impl Poller {
             let page = self.fetch(checkpoint.oldest, &cursor).await?;
             for raw in page.entries {
                 let text = raw.get().to_string();
-                let head: EntryHead = match serde_json::from_str(&text) {
-                    Ok(h) => h,
-                    // The codec rejects it with a reason below.
-                    Err(_) => EntryHead::default(),
-                };
+                // An entry that is not an object is rejected by the codec below, with a reason.
+                let head: EntryHead = serde_json::from_str(&text).unwrap_or_default();
                 let time = head
                     .date_create
                     .as_ref()
