@@ -5,15 +5,16 @@
 
 mod common;
 
-use aer::dataflow::live::{Command, Live, LiveSettings, Output};
+use aer::dataflow::live::{Command, Live, LiveSettings, LiveState, Output};
 use aer::dataflow::{run, EngineInput, EngineOutput};
-use aer::reference::{evaluate, threshold_anomalies};
+use aer::reference::{evaluate, threshold_anomalies, threshold_state};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Runs `input` through the live driver: events, configuration changes and watermark advances
 /// as commands, in the order the batch driver applies them; gathers the final outputs.
-fn live(input: &EngineInput, workers: usize) -> EngineOutput {
+fn live(input: &EngineInput, workers: usize) -> (EngineOutput, LiveState) {
     let (tx, rx) = std::sync::mpsc::channel();
     let engine = Live::start(
         LiveSettings {
@@ -61,7 +62,9 @@ fn live(input: &EngineInput, workers: usize) -> EngineOutput {
         }
     }
     assert!(engine.send(Command::Advance(input.end)));
+    let state = engine.state();
     engine.finish().expect("live dataflow stops");
+    let state = state.lock().unwrap().clone();
     let mut output = EngineOutput::default();
     let mut last = 0;
     for o in rx.iter() {
@@ -75,7 +78,7 @@ fn live(input: &EngineInput, workers: usize) -> EngineOutput {
         }
     }
     output.anomalies.sort();
-    output
+    (output, state)
 }
 
 fn check(input: EngineInput, workers: &[usize]) -> Result<(), TestCaseError> {
@@ -137,9 +140,24 @@ proptest! {
     #[test]
     fn live_dataflow_equals_reference(input in common::engine_input(40), workers in 1usize..3) {
         let expected = evaluate(&input);
-        let actual = live(&input, workers);
+        let (actual, state) = live(&input, workers);
         prop_assert_eq!(&actual.anomalies, &expected.anomalies, "anomalies, {} workers", workers);
         prop_assert_eq!(&actual.decisions, &expected.decisions, "decisions, {} workers", workers);
+        // The live counts and baselines the API serves equal the plain computation at as_of.
+        prop_assert_eq!(state.as_of, Some(input.end));
+        let (counts, baselines) = threshold_state(&input, input.end);
+        let live_counts: BTreeMap<_, _> = state
+            .counts
+            .iter()
+            .flat_map(|(e, m)| m.iter().map(move |((shape, key), n)| ((e.clone(), *shape, key.clone()), *n)))
+            .collect();
+        let live_baselines: BTreeMap<_, _> = state
+            .baselines
+            .iter()
+            .flat_map(|(e, m)| m.iter().map(move |(shape, rb)| ((e.clone(), *shape), rb.clone())))
+            .collect();
+        prop_assert_eq!(live_counts, counts);
+        prop_assert_eq!(live_baselines, baselines);
     }
 }
 

@@ -5,16 +5,17 @@
 //! time every answer built from the outputs is consistent at.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::threshold::CKey;
 use super::{build, replace, EngineError, Inputs};
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
-use crate::model::{Anomaly, HeuristicParams, Rule, Sequenced, Time};
+use crate::model::{Anomaly, Baseline, HeuristicParams, Rule, Sequenced, ShapeId, Time};
 
 /// What the live dataflow is told.
 #[derive(Clone, Debug)]
@@ -39,6 +40,49 @@ pub enum Output {
     Decision(Decision),
 }
 
+/// A change of the threshold graph's state, for the live API.
+#[derive(Clone, Debug)]
+pub enum StateUpdate {
+    /// The window count of (enterprise, shape, key).
+    Count(CKey, u64),
+    /// The baseline of (enterprise, shape, rule in force).
+    Baseline((String, ShapeId, Rule), Baseline),
+}
+
+/// The live window counts and baselines, exactly as of `as_of` (updates are applied only once
+/// their time is final).
+#[derive(Clone, Debug, Default)]
+pub struct LiveState {
+    pub as_of: Option<Time>,
+    /// enterprise -> (shape, key) -> count in the current window.
+    pub counts: BTreeMap<String, BTreeMap<(ShapeId, String), u64>>,
+    /// enterprise -> shape -> (the rule in force, its baseline).
+    pub baselines: BTreeMap<String, BTreeMap<ShapeId, (Rule, Baseline)>>,
+}
+
+impl LiveState {
+    fn apply(&mut self, update: StateUpdate, diff: isize) {
+        match update {
+            StateUpdate::Count((enterprise, shape, key), n) => {
+                let counts = self.counts.entry(enterprise).or_default();
+                if diff > 0 {
+                    counts.insert((shape, key), n);
+                } else if counts.get(&(shape, key.clone())) == Some(&n) {
+                    counts.remove(&(shape, key));
+                }
+            }
+            StateUpdate::Baseline((enterprise, shape, rule), baseline) => {
+                let baselines = self.baselines.entry(enterprise).or_default();
+                if diff > 0 {
+                    baselines.insert(shape, (rule, baseline));
+                } else if baselines.get(&shape) == Some(&(rule, baseline)) {
+                    baselines.remove(&shape);
+                }
+            }
+        }
+    }
+}
+
 /// How the live graph is set up.
 #[derive(Clone, Debug)]
 pub struct LiveSettings {
@@ -53,6 +97,7 @@ pub struct Live {
     commands: Option<Sender<Command>>,
     /// One past the last final time (0: nothing final yet).
     frontier: Arc<AtomicU64>,
+    state: Arc<Mutex<LiveState>>,
     guards: Option<timely::communication::WorkerGuards<()>>,
 }
 
@@ -66,6 +111,8 @@ impl Live {
         let rx = Arc::new(Mutex::new(Some(rx)));
         let frontier = Arc::new(AtomicU64::new(0));
         let worker_frontier = frontier.clone();
+        let state = Arc::new(Mutex::new(LiveState::default()));
+        let worker_state = state.clone();
         // The time all workers run to before they stop (u64::MAX: still running).
         let stop_at = Arc::new(AtomicU64::new(u64::MAX));
         let outputs = Mutex::new(outputs);
@@ -74,6 +121,8 @@ impl Live {
             let stop_at = stop_at.clone();
             let held: Rc<RefCell<Vec<(Time, Output)>>> = Rc::default();
             let (a, d) = (held.clone(), held.clone());
+            let held_state: Rc<RefCell<Vec<(Time, isize, StateUpdate)>>> = Rc::default();
+            let s = held_state.clone();
             let (inputs, probe) = build(
                 worker,
                 settings.heuristics.clone(),
@@ -85,6 +134,9 @@ impl Live {
                 move |decision: &Decision, t| {
                     d.borrow_mut().push((t, Output::Decision(decision.clone())))
                 },
+                Some(Box::new(move |update, t, diff| {
+                    s.borrow_mut().push((t, diff, update))
+                })),
             );
             let release = || {
                 let frontier = probe.with_frontier(|f| f.first().copied());
@@ -102,8 +154,20 @@ impl Live {
                         let _ = out.send(o);
                     }
                 }
+                // The state view moves to the frontier: retractions before insertions in a time.
+                let mut pending = held_state.borrow_mut();
+                let (mut ready, keep): (Vec<_>, Vec<_>) = pending
+                    .drain(..)
+                    .partition(|(t, _, _)| frontier.is_none_or(|f| *t < f));
+                *pending = keep;
+                ready.sort_by_key(|(t, diff, _)| (*t, *diff));
+                let mut view = worker_state.lock().expect("live state");
+                for (_, diff, update) in ready {
+                    view.apply(update, diff);
+                }
                 if let Some(f) = frontier {
                     worker_frontier.fetch_max(f, Ordering::Relaxed);
+                    view.as_of = f.checked_sub(1).max(view.as_of);
                 }
             };
             if worker.index() != 0 {
@@ -163,6 +227,7 @@ impl Live {
         Ok(Live {
             commands: Some(tx),
             frontier,
+            state,
             guards: Some(guards),
         })
     }
@@ -177,6 +242,11 @@ impl Live {
     /// The last event time whose results are final, if any.
     pub fn as_of(&self) -> Option<Time> {
         self.frontier.load(Ordering::Relaxed).checked_sub(1)
+    }
+
+    /// The live window counts and baselines.
+    pub fn state(&self) -> Arc<Mutex<LiveState>> {
+        self.state.clone()
     }
 
     /// A shared view of the frontier, for readers that outlive a borrow of `self`.

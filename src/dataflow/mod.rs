@@ -137,6 +137,9 @@ impl Inputs {
     }
 }
 
+/// Receives the threshold graph's state updates (with their time and difference) on worker 0.
+pub(crate) type StateSink = Box<dyn Fn(live::StateUpdate, Time, isize)>;
+
 /// Builds the detection and decision graph on `worker`: the inputs, and a probe that has passed a
 /// time once every anomaly and decision of that time went through `on_anomaly` / `on_decision`
 /// on worker 0 (both are gathered there).
@@ -147,6 +150,7 @@ pub(crate) fn build(
     state_max: Arc<AtomicUsize>,
     on_anomaly: impl Fn(&Anomaly, Time) + 'static,
     on_decision: impl Fn(&Decision, Time) + 'static,
+    on_state: Option<StateSink>,
 ) -> (Inputs, ProbeHandle<Time>) {
     worker.dataflow::<Time, _, _>(|scope| {
         let (events_in, events) = scope.new_collection();
@@ -154,9 +158,38 @@ pub(crate) fn build(
         let (policies_in, policies) = scope.new_collection();
         let (tor_in, tor) = scope.new_collection();
         let screened = screen::screen(events.clone(), policies.clone());
-        let anomalies = threshold::detect(screened.clone(), rules)
-            .concat(heuristics::detect(screened, tor, heuristics, state_max));
+        let (threshold, state) = threshold::detect_with_state(screened.clone(), rules);
+        let anomalies = threshold.concat(heuristics::detect(screened, tor, heuristics, state_max));
         let probe = ProbeHandle::new();
+        if let Some(sink) = on_state {
+            // The live API's view of window counts and baselines, gathered on worker 0.
+            let sink = std::rc::Rc::new(sink);
+            let counts_sink = sink.clone();
+            state
+                .counts
+                .inner
+                .exchange(|_| 0)
+                .inspect(move |((key, count), time, diff)| {
+                    counts_sink(
+                        live::StateUpdate::Count(key.clone(), (*count).max(0) as u64),
+                        *time,
+                        *diff,
+                    )
+                })
+                .probe_with(&probe);
+            state
+                .baselines
+                .inner
+                .exchange(|_| 0)
+                .inspect(move |((key, baseline), time, diff)| {
+                    sink(
+                        live::StateUpdate::Baseline(key.clone(), baseline.clone()),
+                        *time,
+                        *diff,
+                    )
+                })
+                .probe_with(&probe);
+        }
         anomalies
             .clone()
             .inner
@@ -250,6 +283,7 @@ pub fn run_instrumented(
                         .push(decision.clone());
                 }
             },
+            None,
         );
         if worker.index() == 0 {
             let mut inputs = inputs;

@@ -50,10 +50,25 @@ pub struct Over {
 
 /// Builds the threshold detectors over `events` and `rules`; returns the stream of anomalies,
 /// each at its `detected_at` time.
+/// What the threshold graph computes on the way, for the live API: the window count of every
+/// key, and the baseline of every (enterprise, shape, rule in force).
+pub struct ThresholdState<'s> {
+    pub counts: VecCollection<'s, Time, (CKey, isize), isize>,
+    pub baselines: VecCollection<'s, Time, ((String, ShapeId, Rule), Baseline), isize>,
+}
+
 pub fn detect<'s>(
     events: VecCollection<'s, Time, Event, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> VecCollection<'s, Time, Anomaly, isize> {
+    detect_with_state(events, rules).0
+}
+
+/// [`detect`], also returning the live counts and baselines.
+pub fn detect_with_state<'s>(
+    events: VecCollection<'s, Time, Event, isize>,
+    rules: VecCollection<'s, Time, Rule, isize>,
+) -> (VecCollection<'s, Time, Anomaly, isize>, ThresholdState<'s>) {
     let matched = match_rules(events, rules.clone());
 
     // Rule parameters by shape: a rule is in force while its shape has an entry here.
@@ -117,6 +132,7 @@ pub fn detect<'s>(
 
     // Counts that could be over some threshold of their rule (no threshold is below
     // min(floor, default)); everything else stops here.
+    let counts_out = counts.clone();
     let high = counts
         .map(|(key, c)| (key.1, (key.0, key.2, c as u64)))
         .arrange_by_key_named("CountsByShape")
@@ -128,6 +144,7 @@ pub fn detect<'s>(
                 )
             })
         });
+    let baselines_out = baselines.clone();
     let high_arranged = high.clone().arrange_by_key_named("HighCounts");
     let baselines_arranged = baselines.clone().arrange_by_key_named("Baselines");
     let over_dynamic = high_arranged.clone().join_core(
@@ -173,7 +190,11 @@ pub fn detect<'s>(
             });
     let over = over_dynamic.concat(over_default);
 
-    episodes(over, matched).as_collection()
+    let state = ThresholdState {
+        counts: counts_out,
+        baselines: baselines_out,
+    };
+    (episodes(over, matched).as_collection(), state)
 }
 
 /// Matches each event against the rules in force at its time (an as-of join): the rules

@@ -40,10 +40,12 @@ pub fn evaluate(input: &EngineInput) -> crate::dataflow::EngineOutput {
     }
 }
 
-/// All threshold anomalies up to `input.end`, sorted.
-pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
-    // Match each event against the rules in force at its processing time.
-    let mut hits: BTreeMap<(&str, ShapeId), Vec<Hit<'_>>> = BTreeMap::new();
+type Hits<'a> = BTreeMap<(&'a str, ShapeId), Vec<Hit<'a>>>;
+
+/// Every event matched against the rules in force at its processing time (allow-listed events
+/// left out), by (enterprise, shape), with each shape's (window, history).
+fn matched(input: &EngineInput) -> (Hits<'_>, HashMap<ShapeId, (u64, u64)>) {
+    let mut hits: Hits<'_> = BTreeMap::new();
     let mut geometry: HashMap<ShapeId, (u64, u64)> = HashMap::new();
     let fallback = crate::model::decision::Policy::default();
     for (time, event) in &input.events {
@@ -70,7 +72,87 @@ pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                 });
         }
     }
+    (hits, geometry)
+}
 
+/// The live count and the latest counted hit of every key at `now`.
+fn live_counts<'h, 'a>(
+    hits: &'h [Hit<'a>],
+    w: u64,
+    now: Time,
+) -> BTreeMap<&'a str, (u64, &'h Hit<'a>)> {
+    let mut live: BTreeMap<&str, (u64, &Hit<'_>)> = BTreeMap::new();
+    for hit in hits.iter().filter(|x| x.time <= now && x.time + w > now) {
+        let entry = live.entry(hit.key).or_insert((0, hit));
+        entry.0 += 1;
+        if (hit.time, hit.id) > (entry.1.time, entry.1.id) {
+            entry.1 = hit;
+        }
+    }
+    live
+}
+
+/// The baseline at `now`: complete buckets that closed in (now - H, now].
+fn baseline_at(hits: &[Hit<'_>], rule: &Rule, w: u64, h: u64, now: Time) -> Baseline {
+    let mut buckets: BTreeMap<(&str, u64), u64> = BTreeMap::new();
+    for hit in hits {
+        let close = (hit.time / w + 1) * w;
+        if close <= now && close + h > now {
+            *buckets.entry((hit.key, hit.time / w)).or_default() += 1;
+        }
+    }
+    let mut samples: Vec<u64> = buckets.into_values().collect();
+    samples.sort_unstable();
+    if samples.is_empty() {
+        Baseline {
+            samples: 0,
+            quantile: None,
+        }
+    } else {
+        let n = samples.len() as u64;
+        let rank = rule.eval.rank(n);
+        Baseline {
+            samples: n,
+            quantile: Some(samples[(rank - 1) as usize]),
+        }
+    }
+}
+
+/// The threshold state at `now`, the plain way: the window count of every (enterprise, shape,
+/// key) with events in its window, and the baseline of every (enterprise, shape) of a rule in
+/// force with at least one sample.
+#[allow(clippy::type_complexity)]
+pub fn threshold_state(
+    input: &EngineInput,
+    now: Time,
+) -> (
+    BTreeMap<(String, ShapeId, String), u64>,
+    BTreeMap<(String, ShapeId), (Rule, Baseline)>,
+) {
+    let (hits, geometry) = matched(input);
+    let (mut counts, mut baselines) = (BTreeMap::new(), BTreeMap::new());
+    for ((enterprise, shape), hits) in &hits {
+        let Some(rule) = rules_at(&input.rules, now)
+            .iter()
+            .find(|r| r.shape() == *shape)
+        else {
+            continue;
+        };
+        let (w, h) = geometry[shape];
+        for (key, (count, _)) in live_counts(hits, w, now) {
+            counts.insert((enterprise.to_string(), *shape, key.to_string()), count);
+        }
+        let baseline = baseline_at(hits, rule, w, h, now);
+        if baseline.samples > 0 {
+            baselines.insert((enterprise.to_string(), *shape), (rule.clone(), baseline));
+        }
+    }
+    (counts, baselines)
+}
+
+/// All threshold anomalies up to `input.end`, sorted.
+pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
+    let (hits, geometry) = matched(input);
     let mut anomalies = Vec::new();
     for ((enterprise, shape), hits) in &hits {
         let (w, h) = geometry[shape];
@@ -88,38 +170,8 @@ pub fn threshold_anomalies(input: &EngineInput) -> Vec<Anomaly> {
                 was_over.clear();
                 continue;
             };
-            // Live counts and the latest counted event per key.
-            let mut live: BTreeMap<&str, (u64, &Hit<'_>)> = BTreeMap::new();
-            for hit in hits.iter().filter(|x| x.time <= now && x.time + w > now) {
-                let entry = live.entry(hit.key).or_insert((0, hit));
-                entry.0 += 1;
-                if (hit.time, hit.id) > (entry.1.time, entry.1.id) {
-                    entry.1 = hit;
-                }
-            }
-            // Baseline samples: complete buckets that closed in (now - H, now].
-            let mut buckets: BTreeMap<(&str, u64), u64> = BTreeMap::new();
-            for hit in hits {
-                let close = (hit.time / w + 1) * w;
-                if close <= now && close + h > now {
-                    *buckets.entry((hit.key, hit.time / w)).or_default() += 1;
-                }
-            }
-            let mut samples: Vec<u64> = buckets.into_values().collect();
-            samples.sort_unstable();
-            let baseline = if samples.is_empty() {
-                Baseline {
-                    samples: 0,
-                    quantile: None,
-                }
-            } else {
-                let n = samples.len() as u64;
-                let rank = rule.eval.rank(n);
-                Baseline {
-                    samples: n,
-                    quantile: Some(samples[(rank - 1) as usize]),
-                }
-            };
+            let live = live_counts(hits, w, now);
+            let baseline = baseline_at(hits, rule, w, h, now);
             let threshold = rule.eval.threshold(&baseline);
             let mut over = BTreeSet::new();
             for (key, (count, latest)) in &live {
