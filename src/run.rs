@@ -154,6 +154,7 @@ pub async fn run(
     let (queue_tx, queue_rx) = mpsc::channel::<Ingest>(options.queue.max(1));
     let mut shared = Shared::new(config.clone(), options.auth.clone());
     shared.frontier = live.frontier();
+    shared.live_state = Some(live.state());
     shared.store = Some(Mutex::new(reader));
     shared.ingest = Some(queue_tx.clone());
     shared.max_body = options.max_body;

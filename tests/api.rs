@@ -326,6 +326,28 @@ async fn health_metrics_jobs_and_the_openapi_document() {
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, "bad_request")
     );
+    // Without a live dataflow, the live views say so.
+    let (status, body, _) = call(
+        &state,
+        "GET",
+        "/v1/enterprises/E/baselines",
+        Some(READ_E),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    let (status, _, _) = call(
+        &state,
+        "GET",
+        "/v1/enterprises/F/aggregates",
+        Some(READ_E),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     let (_, doc, _) = call(&state, "GET", "/openapi.json", None, "").await;
     for path in [
         "/v1/events",
@@ -462,6 +484,51 @@ async fn aer_run_over_http_gives_the_replay_results() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Live baselines and window counts, consistent at as_of.
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(path)
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let baselines = get(format!("{base}/v1/enterprises/{enterprise}/baselines")).await;
+    assert!(baselines["as_of"].as_u64().unwrap() >= last);
+    let rules = baselines["items"].as_array().unwrap();
+    assert_eq!(
+        rules.len(),
+        Config::default().rules().unwrap().len(),
+        "one entry per rule"
+    );
+    assert!(
+        rules.iter().any(|r| r["samples"].as_u64().unwrap() > 0),
+        "{baselines}"
+    );
+    let aggregates = get(format!("{base}/v1/enterprises/{enterprise}/aggregates")).await;
+    assert!(aggregates["as_of"].as_u64().unwrap() >= last);
+    let items = aggregates["items"].as_array().unwrap();
+    assert!(items
+        .iter()
+        .all(|i| i["count"].as_u64().unwrap() > 0 && i["threshold"].is_u64()));
+    if let Some(one) = items.first() {
+        let key = one["key"].as_str().unwrap();
+        let narrowed = get(format!(
+            "{base}/v1/enterprises/{enterprise}/aggregates?key={key}"
+        ))
+        .await;
+        assert!(narrowed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["key"] == key));
     }
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     stop_tx.send(()).unwrap();

@@ -29,9 +29,10 @@ use tokio_stream::StreamExt;
 use utoipa::OpenApi;
 
 use crate::config::{Config, PolicyConfig};
+use crate::dataflow::live::LiveState;
 use crate::io::codec::{decode_line, LineRef, Reject};
 use crate::model::decision::{Decision, Policies};
-use crate::model::{Anomaly, Event, Time};
+use crate::model::{Anomaly, Baseline, Event, Rule, ShapeId, Time};
 use crate::response::store::{JobKind, JobState, JobStore};
 use metrics::{Metrics, RouteLabel, SourceLabel};
 
@@ -133,6 +134,8 @@ pub struct Shared {
     pub frontier: Arc<AtomicU64>,
     /// The newest event time the sequencer has seen.
     pub newest: AtomicU64,
+    /// The live window counts and baselines (set by `aer run`).
+    pub live_state: Option<Arc<Mutex<LiveState>>>,
     /// A read connection to the job store.
     pub store: Option<Mutex<JobStore>>,
     pub ingest: Option<mpsc::Sender<Ingest>>,
@@ -157,6 +160,7 @@ impl Shared {
             view: RwLock::new(view),
             frontier: Arc::new(AtomicU64::new(0)),
             newest: AtomicU64::new(0),
+            live_state: None,
             store: None,
             ingest: None,
             config: RwLock::new(config),
@@ -360,6 +364,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enterprises/{enterprise}/anomalies", get(anomalies))
         .route("/v1/enterprises/{enterprise}/decisions", get(decisions))
         .route("/v1/enterprises/{enterprise}/audit", get(audit))
+        .route("/v1/enterprises/{enterprise}/aggregates", get(aggregates))
+        .route("/v1/enterprises/{enterprise}/baselines", get(baselines))
         .route(
             "/v1/enterprises/{enterprise}/config",
             get(get_config).put(put_config),
@@ -660,6 +666,105 @@ async fn audit(
     Ok(Json(Page {
         as_of: state.as_of(),
         items: entries,
+    }))
+}
+
+/// The rules in force by shape, and the live state, for the aggregate endpoints.
+fn live_view(state: &Shared) -> Result<(BTreeMap<ShapeId, Rule>, Arc<Mutex<LiveState>>), ApiError> {
+    let live = state
+        .live_state
+        .clone()
+        .ok_or_else(|| ApiError::Unavailable("the live dataflow is not running".into()))?;
+    let rules = state
+        .config
+        .read()
+        .expect("config")
+        .rules()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok((rules.into_iter().map(|r| (r.shape(), r)).collect(), live))
+}
+
+fn threshold_of(rule: &Rule, baseline: Option<&Baseline>) -> u64 {
+    baseline.map_or(rule.eval.default_threshold, |b| rule.eval.threshold(b))
+}
+
+/// `?key=<user, IP or session>&limit=<n>`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct KeyFilter {
+    pub key: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/enterprises/{enterprise}/aggregates", params(("enterprise" = String, Path), KeyFilter),
+    responses((status = 200, description = "Current window counts per rule and key (user, IP or session), with the threshold in force", body = Page)))]
+async fn aggregates(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(enterprise): Path<String>,
+    Query(filter): Query<KeyFilter>,
+) -> Result<Json<Page>, ApiError> {
+    may_read(&state, &headers, &enterprise)?;
+    let (rules, live) = live_view(&state)?;
+    let live = live.lock().expect("live state");
+    let baselines = live.baselines.get(&enterprise);
+    let mut items = Vec::new();
+    for ((shape, key), count) in live.counts.get(&enterprise).into_iter().flatten() {
+        if filter.key.as_ref().is_some_and(|k| k != key) {
+            continue;
+        }
+        let Some(rule) = rules.get(shape) else {
+            continue;
+        };
+        let baseline = baselines.and_then(|b| b.get(shape)).map(|(_, b)| b);
+        items.push(serde_json::json!({
+            "reason": rule.reason,
+            "group_by": rule.group_by.as_str(),
+            "key": key,
+            "window_secs": rule.window,
+            "count": count,
+            "threshold": threshold_of(rule, baseline),
+        }));
+        if items.len() >= filter.limit.unwrap_or(1000).min(RECENT) {
+            break;
+        }
+    }
+    Ok(Json(Page {
+        as_of: live.as_of,
+        items,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/enterprises/{enterprise}/baselines", params(("enterprise" = String, Path)),
+    responses((status = 200, description = "Per rule: baseline samples, quantile and the threshold in force (dynamic, or the default while samples are short)", body = Page)))]
+async fn baselines(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(enterprise): Path<String>,
+) -> Result<Json<Page>, ApiError> {
+    may_read(&state, &headers, &enterprise)?;
+    let (rules, live) = live_view(&state)?;
+    let live = live.lock().expect("live state");
+    let baselines = live.baselines.get(&enterprise);
+    let items = rules
+        .iter()
+        .map(|(shape, rule)| {
+            let baseline = baselines.and_then(|b| b.get(shape)).map(|(_, b)| b);
+            let dynamic = baseline.is_some_and(|b| b.samples >= rule.eval.min_samples);
+            serde_json::json!({
+                "reason": rule.reason,
+                "group_by": rule.group_by.as_str(),
+                "window_secs": rule.window,
+                "history_secs": rule.history,
+                "samples": baseline.map_or(0, |b| b.samples),
+                "quantile": baseline.and_then(|b| b.quantile),
+                "threshold": threshold_of(rule, baseline),
+                "threshold_source": if dynamic { "baseline" } else { "default" },
+            })
+        })
+        .collect();
+    Ok(Json(Page {
+        as_of: live.as_of,
+        items,
     }))
 }
 
