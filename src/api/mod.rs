@@ -669,8 +669,11 @@ async fn audit(
     }))
 }
 
+/// The rules in force by shape, and the live state.
+type LiveView = (BTreeMap<ShapeId, Rule>, Arc<Mutex<LiveState>>);
+
 /// The rules in force by shape, and the live state, for the aggregate endpoints.
-fn live_view(state: &Shared) -> Result<(BTreeMap<ShapeId, Rule>, Arc<Mutex<LiveState>>), ApiError> {
+fn live_view(state: &Shared) -> Result<LiveView, ApiError> {
     let live = state
         .live_state
         .clone()
