@@ -122,6 +122,13 @@ enum Command {
         /// Output directory for the replay's files.
         #[arg(long, default_value = "aer-out")]
         out: PathBuf,
+        /// Where the demo serves the API while it runs.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// How long to keep serving the API after the summary (Ctrl-C ends it). Default 60s
+        /// when standard output is a terminal, else 0s.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        serve_for: Option<std::time::Duration>,
     },
 }
 
@@ -183,7 +190,9 @@ pub fn main() -> ExitCode {
             workers,
             seed,
             out,
-        } => cmd_demo(events, workers, seed, out),
+            listen,
+            serve_for,
+        } => cmd_demo(events, workers, seed, out, listen, serve_for),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -455,7 +464,14 @@ fn when(t: u64) -> String {
         .unwrap_or_else(|| t.to_string())
 }
 
-fn cmd_demo(events: u64, workers: usize, seed: u64, out: PathBuf) -> Result<(), AnyError> {
+fn cmd_demo(
+    events: u64,
+    workers: usize,
+    seed: u64,
+    out: PathBuf,
+    listen: std::net::SocketAddr,
+    serve_for: Option<std::time::Duration>,
+) -> Result<(), AnyError> {
     check_workers(workers)?;
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("audit.jsonl");
@@ -474,15 +490,17 @@ fn cmd_demo(events: u64, workers: usize, seed: u64, out: PathBuf) -> Result<(), 
         w.flush()?;
         g
     };
+    let tor_list = dir.path().join("tor-exits.txt");
+    write_tor_list(&tor_list, &generated.tor_exits)?;
+    let mut config = Config::default();
+    config.detectors.tor_exit_list = Some(tor_list);
+    std::fs::create_dir_all(&out)?;
+    let api = DemoApi::start(listen, &config, &out.join("aer.db"))?;
     println!(
         "generated {} audit entries with {} injected attacks; replaying with the built-in rules and a Tor exit list...",
         generated.lines,
         generated.labels.len()
     );
-    let tor_list = dir.path().join("tor-exits.txt");
-    write_tor_list(&tor_list, &generated.tor_exits)?;
-    let mut config = Config::default();
-    config.detectors.tor_exit_list = Some(tor_list);
     let report = replay::replay(&ReplayOptions {
         inputs: vec![input],
         config,
@@ -495,7 +513,124 @@ fn cmd_demo(events: u64, workers: usize, seed: u64, out: PathBuf) -> Result<(), 
     print!("{}", demo_summary(&report, &generated.labels));
     print!("{}", response_line(&report));
     println!("full results: {}/anomalies.jsonl", out.display());
+    if let Some(api) = api {
+        let serve_for = serve_for.unwrap_or(if std::io::stdout().is_terminal() {
+            std::time::Duration::from_secs(60)
+        } else {
+            std::time::Duration::ZERO
+        });
+        api.show(&report, serve_for)?;
+    }
     Ok(())
+}
+
+/// The API the demo serves while it runs: `/healthz` at once, the replay's anomalies, decisions,
+/// audit and jobs once it is done.
+struct DemoApi {
+    runtime: tokio::runtime::Runtime,
+    shared: std::sync::Arc<crate::api::Shared>,
+    address: std::net::SocketAddr,
+    token: String,
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DemoApi {
+    /// Serves on `listen`; if the address is taken, says so and the demo goes on without it.
+    fn start(
+        listen: std::net::SocketAddr,
+        config: &Config,
+        db: &std::path::Path,
+    ) -> Result<Option<DemoApi>, AnyError> {
+        use rand::Rng;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = match runtime.block_on(tokio::net::TcpListener::bind(listen)) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("aer demo: not serving the API: cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)");
+                return Ok(None);
+            }
+        };
+        let address = listener.local_addr()?;
+        let token = std::env::var("AER_ADMIN_TOKEN").unwrap_or_else(|_| {
+            let bytes: [u8; 16] = rand::thread_rng().gen();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        });
+        let auth = crate::api::Auth {
+            admin: Some(token.clone()),
+            ..Default::default()
+        };
+        let mut shared = crate::api::Shared::new(config.clone(), auth);
+        shared.store = Some(std::sync::Mutex::new(
+            crate::response::store::JobStore::open(db)?,
+        ));
+        let shared = std::sync::Arc::new(shared);
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let router = crate::api::router(shared.clone());
+        let server = runtime.spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stopped.notified().await })
+                .await
+        });
+        println!(
+            "the API is at http://{address} while the demo runs (admin token {token}); /healthz answers now, the results once the replay is done"
+        );
+        Ok(Some(DemoApi {
+            runtime,
+            shared,
+            address,
+            token,
+            stop,
+            server,
+        }))
+    }
+
+    /// Loads the replay's results into the API, serves them for `serve_for`, then stops.
+    fn show(self, report: &ReplayReport, serve_for: std::time::Duration) -> Result<(), AnyError> {
+        {
+            let mut view = self.shared.view.write().expect("view");
+            for a in &report.anomalies {
+                view.add_anomaly(a.clone());
+            }
+            for d in &report.decisions {
+                view.add_decision(d.clone());
+            }
+        }
+        if let Some(last) = report.summary.last_time {
+            self.shared
+                .frontier
+                .store(last + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.shared
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if !serve_for.is_zero() {
+            let enterprise = report
+                .decisions
+                .first()
+                .map_or("E00BIRD".to_string(), |d| d.enterprise.clone());
+            println!(
+                "serving the results for {} (Ctrl-C to stop), for example:\n  curl -H 'Authorization: Bearer {}' http://{}/v1/enterprises/{enterprise}/decisions?limit=5",
+                humantime::format_duration(serve_for),
+                self.token,
+                self.address
+            );
+            self.runtime.block_on(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(serve_for) => {}
+                    _ = crate::run::signal() => {}
+                }
+            });
+        }
+        self.shared.close_stream();
+        self.stop.notify_one();
+        self.runtime.block_on(self.server)??;
+        Ok(())
+    }
 }
 
 /// The demo's readable summary: each injected attack, caught or missed and why, then the

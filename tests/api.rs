@@ -362,9 +362,11 @@ async fn health_metrics_jobs_and_the_openapi_document() {
     }
 }
 
-/// `aer run` end to end: a generated workload posted over HTTP (in chunks, retrying on 503)
-/// gives exactly the audit entries `aer replay` writes for the same file; the decision stream
-/// carries every decision; shutdown drains everything, with a stream still open.
+/// `aer run` end to end: a policy replaced through the API, then a generated workload posted
+/// over HTTP (in chunks, retrying on 503), give exactly the audit entries `aer replay` writes
+/// for the same file and policy; the decision stream carries every decision; the live
+/// baselines and aggregates answer as of the last event; shutdown drains everything, with a
+/// stream still open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aer_run_over_http_gives_the_replay_results() {
     use aer::generate::{generate, GenerateOptions};
@@ -390,8 +392,22 @@ async fn aer_run_over_http_gives_the_replay_results() {
     std::fs::write(&tor, generated.tor_exits.join("\n")).unwrap();
     let mut config = Config::default();
     config.detectors.tor_exit_list = Some(tor);
+    // One enterprise's policy is replaced through the API before the events arrive: Tor only
+    // monitors there. The replay gets the same section in its file.
+    let tor_enterprise = generated
+        .labels
+        .iter()
+        .find(|l| l.kind == "tor_access")
+        .unwrap()
+        .enterprise
+        .clone();
+    let mut replayed = config.clone();
+    replayed.enterprises.insert(
+        tor_enterprise.clone(),
+        toml::from_str("modes = { tor = \"monitor\" }").unwrap(),
+    );
     let expected = tokio::task::spawn_blocking({
-        let (config, input, out) = (config.clone(), input.clone(), dir.path().join("replay"));
+        let (config, input, out) = (replayed, input.clone(), dir.path().join("replay"));
         move || {
             replay(&ReplayOptions {
                 inputs: vec![input],
@@ -407,6 +423,15 @@ async fn aer_run_over_http_gives_the_replay_results() {
     .await
     .unwrap();
     assert!(expected.summary.resets > 0 && !expected.audit.is_empty());
+    assert!(
+        expected
+            .decisions
+            .iter()
+            .any(|d| d.enterprise == tor_enterprise
+                && d.anomaly.reason == "tor"
+                && d.outcome == Outcome::Monitored),
+        "the replaced policy matters"
+    );
 
     let mut options = RunOptions::new(config);
     options.listen = "127.0.0.1:0".parse().unwrap();
@@ -445,6 +470,14 @@ async fn aer_run_over_http_gives_the_replay_results() {
         text.matches("event: decision").count()
     });
 
+    let replaced = client
+        .put(format!("{base}/v1/enterprises/{tor_enterprise}/config"))
+        .bearer_auth(ADMIN)
+        .body(r#"{"modes": {"tor": "monitor"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.status(), StatusCode::OK);
     let text = std::fs::read_to_string(&input).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let mut refused = 0;

@@ -170,3 +170,119 @@ fn aer_run_serves_and_stops_cleanly_on_sigterm() {
         "{rest}"
     );
 }
+
+/// `aer demo` serves the API while it runs: the replay's decisions are readable with the token it
+/// prints, and SIGTERM ends the serving early.
+#[test]
+fn the_demo_serves_the_api_while_it_runs() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aer"))
+        .args([
+            "demo",
+            "--events",
+            "20000",
+            "--listen",
+            "127.0.0.1:0",
+            "--serve-for",
+            "2m",
+            "--out",
+        ])
+        .arg(dir.path())
+        .env_remove("AER_ADMIN_TOKEN")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (mut address, mut token, mut line) = (String::new(), String::new(), String::new());
+    let mut caught = false;
+    loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "demo ended before serving"
+        );
+        if let Some(rest) = line.strip_prefix("the API is at http://") {
+            address = rest.split_whitespace().next().unwrap().to_string();
+            token = rest
+                .split("admin token ")
+                .nth(1)
+                .unwrap()
+                .split(')')
+                .next()
+                .unwrap()
+                .to_string();
+        }
+        caught |= line.contains("injected attacks caught:");
+        if line.starts_with("serving the results") {
+            break;
+        }
+    }
+    assert!(
+        caught && !address.is_empty() && token.len() >= 32,
+        "{address} {token}"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ready, decisions, denied) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let ready = client
+            .get(format!("http://{address}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let enterprises: Vec<String> = client
+            .get(format!("http://{address}/v1/enterprises"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let page: serde_json::Value = client
+            .get(format!(
+                "http://{address}/v1/enterprises/{}/decisions",
+                enterprises[0]
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let denied = client
+            .get(format!(
+                "http://{address}/v1/enterprises/{}/decisions",
+                enterprises[0]
+            ))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        (ready, page, denied)
+    });
+    assert_eq!(ready, 200);
+    assert!(decisions["as_of"].is_u64());
+    assert!(
+        !decisions["items"].as_array().unwrap().is_empty(),
+        "{decisions}"
+    );
+    assert_eq!(denied, 401);
+    let started = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "SIGTERM ends the serving"
+    );
+}
