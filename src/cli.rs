@@ -243,8 +243,8 @@ fn cmd_run(
     options.workers = workers;
     options.listen = listen.unwrap_or(service.listen);
     options.db = db.unwrap_or(service.db.clone());
-    options.stdin = stdin;
-    options.follow = follow;
+    options.stdin = stdin || service.stdin;
+    options.follow = service.follow.iter().cloned().chain(follow).collect();
     options.queue = service.queue;
     options.max_body = service.max_body_bytes;
     options.idle_flush = service.idle_flush;

@@ -106,6 +106,12 @@ pub struct ServiceConfig {
     /// Without input for this long, the watermark moves to the newest event. Default 5 s.
     #[serde(with = "humantime_serde_compat", default = "default_idle_flush")]
     pub idle_flush: Duration,
+    /// Read events from standard input (also `aer run --stdin`). Default false.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Files to follow (`aer run --follow` adds to these).
+    #[serde(default)]
+    pub follow: Vec<std::path::PathBuf>,
     /// The Slack Audit Logs API poller; off unless the section is present.
     pub slack_audit: Option<crate::io::slack_audit::SlackAuditConfig>,
 }
@@ -140,6 +146,8 @@ impl Default for ServiceConfig {
             queue: default_queue(),
             max_body_bytes: default_max_body(),
             idle_flush: default_idle_flush(),
+            stdin: false,
+            follow: Vec::new(),
             slack_audit: None,
         }
     }
