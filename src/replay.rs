@@ -23,11 +23,11 @@ use crate::io::source::{self, SourceError};
 use crate::model::decision::Decision;
 use crate::model::Anomaly;
 use crate::model::{HeuristicParams, HEURISTICS};
-use crate::response::config::ResponseConfigError;
-use crate::response::notify::{Coalescer, Notification};
+use crate::response::config::{ResponseConfigError, ResponseSetup};
+use crate::response::notify::Notification;
 use crate::response::reset::ResetBackend;
 use crate::response::store::{JobState, JobStore, StoreError};
-use crate::response::{self, Accepted, Responders, RunStats};
+use crate::response::{self, Accepted, RunStats};
 use std::collections::BTreeSet;
 
 /// Everything that can stop a replay.
@@ -136,13 +136,11 @@ pub struct ReplayReport {
 pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     // Everything the response stage needs is checked before the long part.
     let config = &options.config;
-    let routing = config.notifications.routing()?;
-    let (group_interval, repeat_interval) = config.notifications.intervals()?;
-    let retry = config.response.retry_policy()?;
-    let responders = Responders {
-        reset: config.response.backend()?,
-        channels: config.notifications.channels()?,
-    };
+    let ResponseSetup {
+        responders,
+        retry,
+        coalescer,
+    } = ResponseSetup::new(&config.response, &config.notifications)?;
     std::fs::create_dir_all(&options.out).map_err(|source| ReplayError::OutDir {
         path: options.out.display().to_string(),
         source,
@@ -155,8 +153,7 @@ pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
 
     let mut report = run_pipeline(options)?;
     fault::point("pipeline");
-    let (notifications, suppressed) =
-        Coalescer::new(routing, group_interval, repeat_interval).run(&report.decisions);
+    let (notifications, suppressed) = coalescer.run(&report.decisions);
     let accepted = response::accept(
         &store,
         &report.decisions,

@@ -27,7 +27,7 @@ use crate::io::slack_audit::{PollError, Poller, SlackAuditConfig};
 use crate::model::decision::Decision;
 use crate::model::Sequenced;
 use crate::replay::{heuristic_setup, ReplayError};
-use crate::response::config::ResponseConfigError;
+use crate::response::config::{ResponseConfigError, ResponseSetup};
 use crate::response::notify::Coalescer;
 use crate::response::reset::Backend;
 use crate::response::store::{JobStore, StoreError};
@@ -121,13 +121,11 @@ pub async fn run(
         None => None,
     };
     let (heuristics, tor) = heuristic_setup(&config.detectors, asn_table.is_some())?;
-    let routing = config.notifications.routing()?;
-    let (group_interval, repeat_interval) = config.notifications.intervals()?;
-    let retry = config.response.retry_policy()?;
-    let responders = Responders {
-        reset: config.response.backend()?,
-        channels: config.notifications.channels()?,
-    };
+    let ResponseSetup {
+        responders,
+        retry,
+        coalescer,
+    } = ResponseSetup::new(&config.response, &config.notifications)?;
     let writer = JobStore::open(&options.db)?;
     let reader = JobStore::open(&options.db)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -197,7 +195,6 @@ pub async fn run(
     };
 
     let response = {
-        let coalescer = Coalescer::new(routing, group_interval, repeat_interval);
         let drain_timeout = config.response.drain_timeout;
         std::thread::spawn(move || {
             response_loop(

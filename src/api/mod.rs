@@ -30,7 +30,8 @@ use utoipa::OpenApi;
 
 use crate::config::{Config, PolicyConfig};
 use crate::dataflow::live::LiveState;
-use crate::io::codec::{decode_line, LineRef, Reject};
+use crate::io::codec::Reject;
+use crate::io::live::decode_batch;
 use crate::model::decision::{Decision, Policies};
 use crate::model::{Anomaly, Baseline, Event, Rule, ShapeId, Time};
 use crate::response::store::{JobKind, JobState, JobStore};
@@ -337,18 +338,30 @@ impl Window {
     }
 }
 
-fn page<T: Serialize>(
-    as_of: Option<Time>,
-    items: impl DoubleEndedIterator<Item = T>,
-    limit: usize,
+/// The newest records of an enterprise from the view (`since` and `limit` applied), oldest first.
+fn recent<T: Serialize>(
+    state: &Shared,
+    headers: &HeaderMap,
+    enterprise: &str,
+    window: &Window,
+    records: impl Fn(&View) -> &BTreeMap<String, VecDeque<T>>,
+    time: impl Fn(&T) -> Time,
 ) -> Result<Json<Page>, ApiError> {
-    let mut out: Vec<serde_json::Value> = items
+    may_read(state, headers, enterprise)?;
+    let as_of = state.as_of();
+    let view = state.view.read().expect("view");
+    let since = window.since.unwrap_or(0);
+    let mut items: Vec<serde_json::Value> = records(&view)
+        .get(enterprise)
+        .into_iter()
+        .flatten()
         .rev()
-        .take(limit)
-        .map(|i| serde_json::to_value(i).map_err(|e| ApiError::Internal(e.to_string())))
+        .filter(|r| time(r) >= since)
+        .take(window.limit())
+        .map(|r| serde_json::to_value(r).map_err(|e| ApiError::Internal(e.to_string())))
         .collect::<Result<_, _>>()?;
-    out.reverse();
-    Ok(Json(Page { as_of, items: out }))
+    items.reverse();
+    Ok(Json(Page { as_of, items }))
 }
 
 /// Builds the whole API.
@@ -527,30 +540,7 @@ async fn ingest(
     let text = std::str::from_utf8(&body)
         .map_err(|e| ApiError::BadRequest(format!("body is not UTF-8: {e}")))?;
     let lines = lines(text)?;
-    let (mut events, mut rejects) = (Vec::new(), Vec::new());
-    for (i, line) in lines.iter().enumerate() {
-        decode_line(
-            line,
-            LineRef {
-                source: "http",
-                line: i as u64 + 1,
-            },
-            &mut events,
-            &mut rejects,
-        );
-    }
-    for r in &rejects {
-        state
-            .metrics
-            .rejected
-            .get_or_create(&metrics::ReasonLabel {
-                reason: r.reason.as_str().into(),
-            })
-            .inc();
-    }
-    if !rejects.is_empty() {
-        tracing::warn!(rejected = rejects.len(), "HTTP ingest: rejected entries");
-    }
+    let (events, mut rejects) = decode_batch("http", 1, &lines, &state.metrics);
     let accepted = events.len();
     if accepted > 0 {
         let queue = state
@@ -611,17 +601,14 @@ async fn anomalies(
     Path(enterprise): Path<String>,
     Query(window): Query<Window>,
 ) -> Result<Json<Page>, ApiError> {
-    may_read(&state, &headers, &enterprise)?;
-    let as_of = state.as_of();
-    let view = state.view.read().expect("view");
-    let since = window.since.unwrap_or(0);
-    let items = view
-        .anomalies
-        .get(&enterprise)
-        .into_iter()
-        .flatten()
-        .filter(|a| a.detected_at >= since);
-    page(as_of, items, window.limit())
+    recent(
+        &state,
+        &headers,
+        &enterprise,
+        &window,
+        |v| &v.anomalies,
+        |a| a.detected_at,
+    )
 }
 
 #[utoipa::path(get, path = "/v1/enterprises/{enterprise}/decisions", params(("enterprise" = String, Path), Window),
@@ -632,17 +619,14 @@ async fn decisions(
     Path(enterprise): Path<String>,
     Query(window): Query<Window>,
 ) -> Result<Json<Page>, ApiError> {
-    may_read(&state, &headers, &enterprise)?;
-    let as_of = state.as_of();
-    let view = state.view.read().expect("view");
-    let since = window.since.unwrap_or(0);
-    let items = view
-        .decisions
-        .get(&enterprise)
-        .into_iter()
-        .flatten()
-        .filter(|d| d.decided_at >= since);
-    page(as_of, items, window.limit())
+    recent(
+        &state,
+        &headers,
+        &enterprise,
+        &window,
+        |v| &v.decisions,
+        |d| d.decided_at,
+    )
 }
 
 #[utoipa::path(get, path = "/v1/enterprises/{enterprise}/audit", params(("enterprise" = String, Path), Window),

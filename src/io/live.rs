@@ -19,23 +19,25 @@ use tokio::sync::mpsc;
 
 use crate::api::metrics::{Metrics, ReasonLabel, SourceLabel};
 use crate::api::Ingest;
-use crate::io::codec::{decode_line, LineRef};
+use crate::io::codec::{decode_line, LineRef, Reject};
+use crate::model::Event;
 
 /// Lines decoded per batch sent to the queue.
 const BATCH_LINES: usize = 4_096;
 
-/// Decodes `lines` and queues the events; false when the queue is closed.
-fn forward(
+/// Decodes a batch of lines from a live source. Rejects are counted in
+/// `aer_rejected_events_total{reason}` and logged (one warning per batch, each reject at debug);
+/// the caller gets them too, to answer with or keep.
+pub fn decode_batch<S: AsRef<str>>(
     source: &str,
     first_line: u64,
-    lines: &[String],
-    queue: &mpsc::Sender<Ingest>,
+    lines: &[S],
     metrics: &Metrics,
-) -> bool {
+) -> (Vec<Event>, Vec<Reject>) {
     let (mut events, mut rejects) = (Vec::new(), Vec::new());
     for (i, line) in lines.iter().enumerate() {
         decode_line(
-            line,
+            line.as_ref(),
             LineRef {
                 source,
                 line: first_line + i as u64,
@@ -51,8 +53,30 @@ fn forward(
                 reason: r.reason.as_str().into(),
             })
             .inc();
-        tracing::warn!(source, line = r.line, reason = r.reason.as_str(), detail = %r.detail, "rejected line");
+        tracing::debug!(source, line = r.line, reason = r.reason.as_str(), detail = %r.detail, "rejected line");
     }
+    if let Some(first) = rejects.first() {
+        tracing::warn!(
+            source,
+            rejected = rejects.len(),
+            first_line = first.line,
+            first_reason = first.reason.as_str(),
+            first_detail = %first.detail,
+            "rejected input lines"
+        );
+    }
+    (events, rejects)
+}
+
+/// Decodes `lines` and queues the events; false when the queue is closed.
+fn forward(
+    source: &str,
+    first_line: u64,
+    lines: &[String],
+    queue: &mpsc::Sender<Ingest>,
+    metrics: &Metrics,
+) -> bool {
+    let (events, _) = decode_batch(source, first_line, lines, metrics);
     if events.is_empty() {
         return true;
     }

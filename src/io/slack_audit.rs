@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::api::metrics::{Metrics, ReasonLabel, SourceLabel};
+use crate::api::metrics::{Metrics, SourceLabel};
 use crate::api::Ingest;
-use crate::io::codec::{decode_line, LineRef};
+use crate::io::live::decode_batch;
 use crate::response::reset::{describe, retry_after};
 use crate::response::store::{JobStore, StoreError};
 
@@ -246,27 +246,7 @@ impl Poller {
                 || (*t == checkpoint.oldest && !checkpoint.ids.contains(id))
         });
         let lines: Vec<&str> = entries.iter().map(|(_, _, text)| text.as_str()).collect();
-        let (mut events, mut rejects) = (Vec::new(), Vec::new());
-        for (i, line) in lines.iter().enumerate() {
-            decode_line(
-                line,
-                LineRef {
-                    source: "slack_audit",
-                    line: i as u64 + 1,
-                },
-                &mut events,
-                &mut rejects,
-            );
-        }
-        for r in &rejects {
-            self.metrics
-                .rejected
-                .get_or_create(&ReasonLabel {
-                    reason: r.reason.as_str().into(),
-                })
-                .inc();
-            tracing::warn!(reason = r.reason.as_str(), detail = %r.detail, "slack_audit: rejected entry");
-        }
+        let (events, _) = decode_batch("slack_audit", 1, &lines, &self.metrics);
         let delivered = events.len();
         let mut next = checkpoint.clone();
         for e in &events {

@@ -589,3 +589,29 @@ impl NotificationsConfig {
         Ok(channels)
     }
 }
+
+/// Everything the response stage runs with, built and checked from the configuration.
+pub struct ResponseSetup {
+    pub responders: super::Responders<Backend>,
+    pub retry: RetryPolicy,
+    /// A fresh coalescer with the configured routing and intervals.
+    pub coalescer: super::notify::Coalescer,
+}
+
+impl ResponseSetup {
+    pub fn new(
+        response: &ResponseConfig,
+        notifications: &NotificationsConfig,
+    ) -> Result<ResponseSetup, ResponseConfigError> {
+        let routing = notifications.routing()?;
+        let (group_interval, repeat_interval) = notifications.intervals()?;
+        Ok(ResponseSetup {
+            responders: super::Responders {
+                reset: response.backend()?,
+                channels: notifications.channels()?,
+            },
+            retry: response.retry_policy()?,
+            coalescer: super::notify::Coalescer::new(routing, group_interval, repeat_interval),
+        })
+    }
+}
