@@ -25,7 +25,7 @@ use crate::io::asn::{AsnError, AsnTable};
 use crate::io::sequencer::Sequencer;
 use crate::io::slack_audit::{PollError, Poller, SlackAuditConfig};
 use crate::model::decision::Decision;
-use crate::model::Sequenced;
+use crate::model::{Sequenced, Time};
 use crate::replay::{heuristic_setup, ReplayError};
 use crate::response::config::{ResponseConfigError, ResponseSetup};
 use crate::response::notify::Coalescer;
@@ -159,7 +159,7 @@ pub async fn run(
     let shared = Arc::new(shared);
 
     // Final outputs: the view, the metrics, the stream, the response stage.
-    let (decisions_tx, decisions_rx) = std_mpsc::channel::<Decision>();
+    let (decisions_tx, decisions_rx) = std_mpsc::channel::<ToResponse>();
     let outputs = {
         let shared = shared.clone();
         std::thread::spawn(move || {
@@ -187,7 +187,10 @@ pub async fn run(
                         tracing::info!(decision_id = %d.id, enterprise = %d.enterprise, user = %d.user, outcome = d.outcome.as_str(), decided_at = d.decided_at, "decision");
                         shared.view.write().expect("view").add_decision(d.clone());
                         shared.publish(&d);
-                        let _ = decisions_tx.send(d);
+                        let _ = decisions_tx.send(ToResponse::Decision(Box::new(d)));
+                    }
+                    Output::Final(t) => {
+                        let _ = decisions_tx.send(ToResponse::Final(t));
                     }
                 }
             }
@@ -370,6 +373,13 @@ async fn sequence(
     Ok(())
 }
 
+/// What the response stage's thread is told, in order.
+enum ToResponse {
+    Decision(Box<Decision>),
+    /// Every decision up to this event time has come: held digests due by then go out.
+    Final(Time),
+}
+
 /// The response stage's thread: decisions in, coalesced notifications and jobs out, jobs run as
 /// they fall due; at the end, the held digests are sent and the queue drained.
 fn response_loop(
@@ -377,7 +387,7 @@ fn response_loop(
     responders: Responders<Backend>,
     retry: RetryPolicy,
     mut coalescer: Coalescer,
-    decisions: std_mpsc::Receiver<Decision>,
+    messages: std_mpsc::Receiver<ToResponse>,
     drain_timeout: Duration,
 ) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -387,24 +397,27 @@ fn response_loop(
     let mut open = true;
     while open {
         let mut batch = Vec::new();
-        match decisions.recv_timeout(Duration::from_millis(500)) {
-            Ok(d) => batch.push(d),
+        match messages.recv_timeout(Duration::from_millis(500)) {
+            Ok(m) => batch.push(m),
             Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             Err(std_mpsc::RecvTimeoutError::Disconnected) => open = false,
         }
-        batch.extend(decisions.try_iter());
-        let mut notifications = Vec::new();
-        for d in &batch {
-            notifications.extend(coalescer.offer(d));
-        }
-        if let Some(last) = batch.last() {
-            notifications.extend(coalescer.advance_to(last.decided_at));
+        batch.extend(messages.try_iter());
+        let (mut decisions, mut notifications) = (Vec::new(), Vec::new());
+        for message in batch {
+            match message {
+                ToResponse::Decision(d) => {
+                    notifications.extend(coalescer.offer(&d));
+                    decisions.push(*d);
+                }
+                ToResponse::Final(t) => notifications.extend(coalescer.advance_to(t)),
+            }
         }
         if !open {
             notifications.extend(coalescer.finish());
         }
-        if !batch.is_empty() || !notifications.is_empty() {
-            response::accept(&store, &batch, &notifications, response::now_ms())?;
+        if !decisions.is_empty() || !notifications.is_empty() {
+            response::accept(&store, &decisions, &notifications, response::now_ms())?;
         }
         runtime.block_on(response::run_due(
             &store,

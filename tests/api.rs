@@ -577,6 +577,29 @@ async fn aer_run_over_http_gives_the_replay_results() {
         expected.audit,
         "live audit = replay audit"
     );
+    // The notifications, coalesced live by event time, are the replay's, message for message.
+    let live_messages: Vec<String> = store
+        .jobs(Some(aer::response::store::JobKind::Notify), None)
+        .unwrap()
+        .into_iter()
+        .map(|j| j.id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut replay_messages: Vec<String> = expected
+        .notifications
+        .iter()
+        .map(|n| n.id.clone())
+        .collect();
+    replay_messages.sort();
+    assert!(expected
+        .notifications
+        .iter()
+        .any(|n| n.kind == aer::response::notify::MessageKind::Digest));
+    assert_eq!(
+        live_messages, replay_messages,
+        "live notifications = replay notifications"
+    );
     let resets = store
         .jobs(Some(aer::response::store::JobKind::Reset), None)
         .unwrap();

@@ -70,6 +70,7 @@ fn live(input: &EngineInput, workers: usize) -> (EngineOutput, LiveState) {
     for o in rx.iter() {
         match o {
             Output::Anomaly(a) => output.anomalies.push(a),
+            Output::Final(t) => assert!(t >= last, "progress never goes back"),
             Output::Decision(d) => {
                 assert!(d.decided_at >= last, "decisions leave in time order");
                 last = d.decided_at;

@@ -32,12 +32,14 @@ pub enum Command {
     Advance(Time),
 }
 
-/// A final result.
+/// A final result, or word that every result up to a time has been sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(clippy::large_enum_variant)] // few, and moved once each
 pub enum Output {
     Anomaly(Anomaly),
     Decision(Decision),
+    /// Every anomaly and decision up to and including this time has been sent before this.
+    Final(Time),
 }
 
 /// A change of the threshold graph's state, for the live API.
@@ -166,8 +168,16 @@ impl Live {
                     view.apply(update, diff);
                 }
                 if let Some(f) = frontier {
-                    worker_frontier.fetch_max(f, Ordering::Relaxed);
+                    let before = worker_frontier.fetch_max(f, Ordering::Relaxed);
                     view.as_of = f.checked_sub(1).max(view.as_of);
+                    if f > before && f > 0 {
+                        // In the same channel, after the outputs: readers downstream (the
+                        // notification coalescer) can advance their event-time clock exactly.
+                        let _ = outputs
+                            .lock()
+                            .expect("live outputs")
+                            .send(Output::Final(f - 1));
+                    }
                 }
             };
             if worker.index() != 0 {
@@ -280,6 +290,7 @@ fn key(o: &Output) -> (u8, &str) {
     match o {
         Output::Anomaly(a) => (0, a.id.as_str()),
         Output::Decision(d) => (1, d.id.as_str()),
+        Output::Final(_) => (2, ""),
     }
 }
 
