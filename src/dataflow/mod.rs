@@ -285,7 +285,10 @@ pub fn run_instrumented(
             },
             None,
         );
-        if worker.index() == 0 {
+        // Every worker feeds its share of the events (round robin over the sequenced order, so
+        // each worker's share is in time order too); worker 0 alone feeds the configuration.
+        let (peers, index) = (worker.peers(), worker.index());
+        if index == 0 {
             let mut inputs = inputs;
             let mut changes: Vec<(Time, Change<'_>)> = input
                 .rules
@@ -337,7 +340,9 @@ pub fn run_instrumented(
                     now = *at;
                     inputs.advance_to(now);
                 }
-                inputs.events.insert(event.clone());
+                if fed % peers == index {
+                    inputs.events.insert(event.clone());
+                }
                 fed += 1;
                 if fed.is_multiple_of(BATCH) {
                     inputs.flush();
@@ -350,7 +355,28 @@ pub fn run_instrumented(
             inputs.flush();
             worker.step_while(|| probe.less_than(&(end + 1)));
         } else {
-            drop(inputs);
+            // Only worker 0 feeds the configuration: close the others' at once.
+            let Inputs {
+                mut events,
+                rules,
+                policies,
+                tor,
+            } = inputs;
+            drop((rules, policies, tor));
+            for (fed, (at, event)) in input.events.iter().enumerate() {
+                if *at > *events.time() {
+                    events.advance_to(*at);
+                }
+                if fed % peers == index {
+                    events.insert(event.clone());
+                }
+                if (fed + 1).is_multiple_of(BATCH) {
+                    events.flush();
+                    let lag = *events.time();
+                    worker.step_while(|| probe.less_than(&lag));
+                }
+            }
+            drop(events);
             worker.step_while(|| probe.less_than(&(end + 1)));
         }
         // Everything up to `end` is final; the future (window and bucket expiries) is not needed.
