@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::Config;
+use crate::dataflow::{Cluster, ClusterError};
 use crate::generate::{generate, GenerateOptions, Label};
 use crate::model::Anomaly;
 use crate::replay::{self, peak_rss_bytes, ReplayOptions, ReplayReport};
@@ -22,6 +23,26 @@ struct Cli {
     command: Command,
 }
 
+/// timely's cluster mode: every process runs the same command with its own `--process`.
+#[derive(clap::Args, Debug)]
+struct ClusterArgs {
+    /// Processes in the timely cluster (each runs `--workers` threads).
+    #[arg(long)]
+    processes: Option<usize>,
+    /// This process's index, 0 to processes-1; process 0 gathers the outputs and responds.
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// One host:port per process, in process order (`#` comments and blank lines allowed).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn resolve(&self) -> Result<Option<Cluster>, ClusterError> {
+        Cluster::from_args(self.processes, self.process, self.hostfile.as_ref())
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the whole pipeline over audit-log files (`-` is stdin) and write the results.
@@ -32,7 +53,7 @@ enum Command {
         /// TOML configuration; without it the built-in rules apply.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Dataflow worker threads (no more than free cores).
+        /// Dataflow worker threads (per process in a cluster; no more than free cores).
         #[arg(long, default_value_t = 1)]
         workers: usize,
         /// Output directory.
@@ -42,6 +63,8 @@ enum Command {
         /// replays never resets or records the same decision twice.
         #[arg(long)]
         db: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
     /// Run the live service: sources, the dataflow, the response stage and the HTTP API, until
     /// SIGINT or SIGTERM.
@@ -149,7 +172,8 @@ pub fn main() -> ExitCode {
             workers,
             out,
             db,
-        } => cmd_replay(files, config, workers, out, db),
+            cluster,
+        } => cmd_replay(files, config, workers, out, db, cluster),
         Command::Jobs { db, state, kind } => cmd_jobs(db, state, kind),
         Command::Run {
             config,
@@ -294,17 +318,27 @@ fn cmd_replay(
     workers: usize,
     out: PathBuf,
     db: Option<PathBuf>,
+    cluster: ClusterArgs,
 ) -> Result<(), AnyError> {
     check_workers(workers)?;
+    let cluster = cluster.resolve()?;
     let options = ReplayOptions {
         inputs: files,
         config: load_config(config)?,
         workers,
+        cluster: cluster.clone(),
         out: out.clone(),
         progress: std::io::stderr().is_terminal(),
         db,
     };
     let report = replay::replay(&options)?;
+    if let Some(c) = cluster.as_ref().filter(|c| c.process != 0) {
+        eprintln!(
+            "process {} of {}: its {} worker(s) took their share of {} events; process 0 gathers the outputs",
+            c.process, c.processes, workers, report.summary.events
+        );
+        return Ok(());
+    }
     let s = &report.summary;
     let rejected: u64 = s.rejected.values().sum();
     eprintln!(
@@ -505,6 +539,7 @@ fn cmd_demo(
         inputs: vec![input],
         config,
         workers,
+        cluster: None,
         out: out.clone(),
         progress: std::io::stderr().is_terminal(),
         db: None,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError, DetectorsConfig};
 use crate::dataflow::heuristics::parse_tor_list;
-use crate::dataflow::{self, EngineError, EngineInput};
+use crate::dataflow::{self, Cluster, EngineError, EngineInput, Placement};
 use crate::fault;
 use crate::io::asn::{AsnError, AsnTable};
 use crate::io::codec::Reject;
@@ -64,6 +64,8 @@ pub struct ReplayOptions {
     pub inputs: Vec<PathBuf>,
     pub config: Config,
     pub workers: usize,
+    /// This process's place in a timely cluster; `None` runs in this process alone.
+    pub cluster: Option<Cluster>,
     pub out: PathBuf,
     pub progress: bool,
     /// The response stage's job store; default `<out>/aer.db`.
@@ -134,6 +136,11 @@ pub struct ReplayReport {
 /// Runs the pipeline, hands the decisions and their notifications to the response stage, runs
 /// the jobs, and writes the output files.
 pub fn replay(options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    if options.cluster.as_ref().is_some_and(|c| c.process != 0) {
+        // A peer process feeds its workers' share and computes with the others; process 0
+        // gathers the outputs, runs the response stage and writes the files.
+        return run_pipeline(options);
+    }
     // Everything the response stage needs is checked before the long part.
     let config = &options.config;
     let ResponseSetup {
@@ -263,7 +270,11 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     let (heuristics, tor) = heuristic_setup(&options.config.detectors, asn_table.is_some())?;
     input.heuristics = heuristics;
     input.tor = tor.map(|ips| vec![(0, ips)]).unwrap_or_default();
-    let output = dataflow::run_with_progress(Arc::new(input), options.workers, options.progress)?;
+    let placement = Placement {
+        threads: options.workers.max(1),
+        cluster: options.cluster.clone(),
+    };
+    let (output, _) = dataflow::run_placed(Arc::new(input), &placement, options.progress)?;
     let (anomalies, decisions) = (output.anomalies, output.decisions);
     let engine_time = engine_started.elapsed();
     summary.anomalies = anomalies.len() as u64;

@@ -413,6 +413,7 @@ async fn aer_run_over_http_gives_the_replay_results() {
                 inputs: vec![input],
                 config,
                 workers: 1,
+                cluster: None,
                 out,
                 progress: false,
                 db: None,

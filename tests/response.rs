@@ -247,6 +247,7 @@ fn replaying_twice_into_one_store_resets_each_decision_once() {
             inputs: vec![input.clone()],
             config: config.clone(),
             workers: 1,
+            cluster: None,
             out: out.clone(),
             progress: false,
             db: Some(db.clone()),

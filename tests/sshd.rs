@@ -80,6 +80,7 @@ fn brute_force_and_spraying_are_flagged_per_source_ip() {
         inputs: vec![converted],
         config,
         workers: 2,
+        cluster: None,
         out: dir.path().join("out"),
         progress: false,
         db: None,

@@ -3,6 +3,7 @@
 //! other workers close theirs, so only worker 0 holds the frontier back), steps until every time
 //! up to the end is final, and gathers anomalies and decisions on worker 0.
 
+pub mod cluster;
 pub mod decide;
 pub mod heuristics;
 pub mod live;
@@ -15,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 use timely::worker::Worker;
+
+pub use cluster::{Cluster, ClusterError, Placement};
 
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
 use crate::model::{Anomaly, Event, HeuristicParams, Rule, Sequenced, Time};
@@ -244,7 +247,19 @@ pub fn run_instrumented(
     workers: usize,
     progress: bool,
 ) -> Result<(EngineOutput, EngineStats), EngineError> {
+    run_placed(input, &Placement::local(workers), progress)
+}
+
+/// Runs the dataflow on the workers of `placement`. In a cluster, every process passes the same
+/// input and feeds its workers' share of it; the anomalies and decisions are gathered in the
+/// process that holds worker 0 (the others return empty outputs).
+pub fn run_placed(
+    input: Arc<EngineInput>,
+    placement: &Placement,
+    progress: bool,
+) -> Result<(EngineOutput, EngineStats), EngineError> {
     input.check()?;
+    let progress = progress && placement.gathers();
     let state_max = Arc::new(AtomicUsize::new(0));
     let worker_state_max = state_max.clone();
     let bar = crate::io::progress_bar(
@@ -256,7 +271,7 @@ pub fn run_instrumented(
     let decisions_out: Shared<Decision> = Arc::new(Mutex::new(Vec::new()));
     let (anomaly_sink, decision_sink) = (anomalies_out.clone(), decisions_out.clone());
     let worker_bar = bar.clone();
-    let config = timely::Config::process(workers.max(1));
+    let config = placement.timely_config();
     let guards = timely::execute(config, move |worker| {
         let (anomaly_sink, decision_sink) = (anomaly_sink.clone(), decision_sink.clone());
         let state_max = worker_state_max.clone();

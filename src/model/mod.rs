@@ -30,7 +30,8 @@ pub struct Event {
     /// `context.ua`.
     pub ua: Option<String>,
     /// The AS number of `ip`, when an ASN table is loaded and holds it (set at ingest).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Always serialized: events cross timely processes as bincode, which cannot skip fields.
+    #[serde(default)]
     pub asn: Option<u32>,
 }
 
@@ -180,7 +181,7 @@ pub struct Anomaly {
 }
 
 /// Why an anomaly fired, beyond the numbers.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 pub struct Evidence {
     /// The rule's counting key kind.
     pub group_by: GroupBy,
@@ -193,10 +194,32 @@ pub struct Evidence {
     pub users: Vec<String>,
     /// Detector-specific facts (for example both fingerprints of a session); empty for
     /// threshold rules.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default)]
     pub details: BTreeMap<String, String>,
     /// A one-line human explanation.
     pub explanation: String,
+}
+
+/// JSON leaves out empty `details`; bincode (how records cross timely processes) cannot skip a
+/// field, so binary formats always carry it.
+impl Serialize for Evidence {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let readable = serializer.is_human_readable();
+        let mut s = serializer.serialize_struct("Evidence", 7)?;
+        s.serialize_field("group_by", &self.group_by)?;
+        s.serialize_field("window_secs", &self.window_secs)?;
+        s.serialize_field("history_secs", &self.history_secs)?;
+        s.serialize_field("latest_event_id", &self.latest_event_id)?;
+        s.serialize_field("users", &self.users)?;
+        if self.details.is_empty() && readable {
+            s.skip_field("details")?;
+        } else {
+            s.serialize_field("details", &self.details)?;
+        }
+        s.serialize_field("explanation", &self.explanation)?;
+        s.end()
+    }
 }
 
 impl Anomaly {
@@ -324,6 +347,53 @@ fn fmt_ppm(v: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records cross timely processes as bincode, which cannot skip fields: what JSON leaves out
+    /// must still make the round trip.
+    #[test]
+    fn records_survive_bincode_and_json_still_omits_empty_fields() {
+        let event = Event {
+            id: "e1".into(),
+            time: 5,
+            action: "user_login".into(),
+            enterprise: "E".into(),
+            user: "U".into(),
+            session: None,
+            ip: Some("10.0.0.1".into()),
+            ua: None,
+            asn: None,
+        };
+        let bytes = bincode::serialize(&event).expect("serialize");
+        assert_eq!(bincode::deserialize::<Event>(&bytes).expect("event"), event);
+        let mut evidence = Evidence {
+            group_by: GroupBy::Ip,
+            window_secs: 60,
+            history_secs: 600,
+            latest_event_id: "e1".into(),
+            users: vec!["U".into()],
+            details: BTreeMap::new(),
+            explanation: "x".into(),
+        };
+        for details in [vec![], vec![("ip", "10.0.0.1")]] {
+            evidence.details = details
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let bytes = bincode::serialize(&evidence).expect("serialize");
+            let back: Evidence = bincode::deserialize(&bytes).expect("evidence");
+            assert_eq!(back, evidence);
+            let json = serde_json::to_string(&evidence).expect("json");
+            assert_eq!(
+                json.contains("details"),
+                !evidence.details.is_empty(),
+                "{json}"
+            );
+            assert_eq!(
+                serde_json::from_str::<Evidence>(&json).expect("json"),
+                evidence
+            );
+        }
+    }
 
     fn eval(q: u32, m: u64, f: u64, s: u64, d: u64) -> Eval {
         Eval {
