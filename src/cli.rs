@@ -6,6 +6,7 @@ use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::bench::{bench, BenchOptions};
 use crate::config::Config;
 use crate::dataflow::{Cluster, ClusterError};
 use crate::generate::{generate, GenerateOptions, Label};
@@ -41,6 +42,45 @@ impl ClusterArgs {
     fn resolve(&self) -> Result<Option<Cluster>, ClusterError> {
         Cluster::from_args(self.processes, self.process, self.hostfile.as_ref())
     }
+}
+
+/// `aer bench`'s options.
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Workload files; without them a workload is generated (`--events`, `--days`, ...).
+    #[arg(long = "input")]
+    inputs: Vec<PathBuf>,
+    /// TOML configuration; without it the built-in rules, and the generated Tor list.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Approximate number of benign events to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    #[arg(long, default_value_t = 5)]
+    enterprises: u32,
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Dataflow worker threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Offered rate of the live phase, events/s (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    rate: u64,
+    /// Events offered in the live phase (0: the whole workload).
+    #[arg(long, default_value_t = 0)]
+    live_events: u64,
+    /// Also run the soak phase for this long (for example `30m`): the workload offered
+    /// round after round at `--rate`, RSS sampled.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak: Option<std::time::Duration>,
+    /// Interval between the soak's RSS samples.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    sample_every: std::time::Duration,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -99,6 +139,8 @@ enum Command {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// Measure throughput, peak memory and live latency (release builds only give real numbers).
+    Bench(BenchArgs),
     /// Write a synthetic workload with injected attacks as JSON lines.
     Generate {
         /// Output file (`-` for stdout).
@@ -183,6 +225,7 @@ pub fn main() -> ExitCode {
             stdin,
             follow,
         } => cmd_run(config, workers, listen, db, stdin, follow),
+        Command::Bench(args) => cmd_bench(args),
         Command::Generate {
             out,
             labels,
@@ -762,4 +805,32 @@ pub fn demo_summary(report: &ReplayReport, labels: &[Label]) -> String {
         ));
     }
     text
+}
+
+fn cmd_bench(args: BenchArgs) -> Result<(), AnyError> {
+    check_workers(args.workers)?;
+    let options = BenchOptions {
+        inputs: args.inputs,
+        generate: GenerateOptions {
+            events: args.events,
+            enterprises: args.enterprises,
+            days: args.days,
+            seed: args.seed,
+            ..GenerateOptions::default()
+        },
+        config: load_config(args.config)?,
+        workers: args.workers,
+        rate: args.rate,
+        live_events: args.live_events,
+        soak: args.soak,
+        sample_every: args.sample_every,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report = bench(&options, &mut |line| println!("{line}"))?;
+    if let Some(path) = args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }

@@ -3,9 +3,10 @@
 //! Sources in [`io`] decode and sequence Slack audit entries; the [`dataflow`] graph detects
 //! anomalies incrementally; [`reference`] is the plain batch implementation the dataflow is
 //! tested against; [`replay`] runs the pipeline over files; [`generate`] makes synthetic
-//! workloads with labelled attacks.
+//! workloads with labelled attacks; [`bench`] measures throughput, memory and live latency.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod dataflow;

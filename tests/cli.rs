@@ -286,3 +286,65 @@ fn the_demo_serves_the_api_while_it_runs() {
         "SIGTERM ends the serving"
     );
 }
+
+#[test]
+fn bench_measures_batch_live_and_soak_and_live_agrees_with_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let result = Command::new(env!("CARGO_BIN_EXE_aer"))
+        .args([
+            "bench",
+            "--events",
+            "3000",
+            "--days",
+            "2",
+            "--enterprises",
+            "2",
+            "--workers",
+            "1",
+            "--rate",
+            "10000",
+            "--soak",
+            "1200ms",
+            "--sample-every",
+            "300ms",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        result.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        stdout.contains("batch: ") && stdout.contains("live: "),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let batch = &report["batch"];
+    let live = &report["live"];
+    let events = batch["events"].as_u64().unwrap();
+    assert!(events > 3000, "{report}");
+    assert!(batch["events_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(batch["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // The live driver, fed the same workload in order, decides exactly what the batch did, and
+    // every decision has a latency.
+    let decisions = batch["decisions"].as_u64().unwrap();
+    assert!(decisions > 0, "{report}");
+    assert_eq!(live["events"].as_u64(), Some(events));
+    assert_eq!(live["decisions"].as_u64(), Some(decisions));
+    assert_eq!(live["latency"]["count"].as_u64(), Some(decisions));
+    let p50 = live["latency"]["p50_ms"].as_f64().unwrap();
+    let p99 = live["latency"]["p99_ms"].as_f64().unwrap();
+    assert!(0.0 < p50 && p50 <= p99, "{report}");
+    let soak = &report["soak"];
+    assert!(soak["samples"].as_array().unwrap().len() >= 3, "{report}");
+    assert!(
+        soak["events"].as_u64().unwrap() > events,
+        "more than one round: {report}"
+    );
+}

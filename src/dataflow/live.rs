@@ -214,7 +214,11 @@ impl Live {
                     }
                 }
                 state.inputs.flush();
-                worker.step();
+                // Run until every time before the input's is final, then take more commands:
+                // a batch's outputs leave before the next batch starts (and the commands
+                // waiting meanwhile make the next batch larger when the input is fast).
+                let caught_up = state.now;
+                worker.step_while(|| probe.less_than(&caught_up));
                 release();
                 if !open {
                     break;

@@ -1,0 +1,532 @@
+//! `aer bench`: the benchmark harness. It generates a workload (or reads files), then measures
+//! three things, each in its own phase:
+//!
+//! - **batch**: `aer replay`'s whole pipeline without the response stage and the output files
+//!   (read, parse, sequence, windows, baselines, heuristics, decisions): events/s and peak RSS;
+//! - **live**: the live driver `aer run` uses, fed at a fixed offered rate by wall clock: the
+//!   latency from an event's ingest to the decisions of its second leaving the dataflow
+//!   (percentiles), and whether the dataflow kept up;
+//! - **soak** (only when asked): the live phase repeated for a duration, the workload shifted
+//!   forward in time each round, with RSS sampled to show whether memory stays flat.
+//!
+//! Peak RSS is reset between phases (`/proc/self/clear_refs`), so each phase reports its own.
+//! Numbers are only meaningful from a release build.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::dataflow::live::{Command, Live, LiveSettings, Output};
+use crate::dataflow::EngineError;
+use crate::generate::{generate, GenerateOptions};
+use crate::io::sequencer::Sequencer;
+use crate::io::source::{self, SourceError};
+use crate::model::Sequenced;
+use crate::replay::{self, heuristic_setup, peak_rss_bytes, ReplayError, ReplayOptions};
+
+/// Everything that can stop a benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("cannot write the generated workload: {0}")]
+    Generate(std::io::Error),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// Workload files; empty: generate one.
+    pub inputs: Vec<PathBuf>,
+    /// The generated workload's size and shape (ignored with `inputs`).
+    pub generate: GenerateOptions,
+    /// Configuration; with a generated workload and no Tor list configured, the generator's
+    /// Tor list is used so that every detector runs.
+    pub config: Config,
+    pub workers: usize,
+    /// Offered rate of the live phase (events/s); 0 skips the live phase.
+    pub rate: u64,
+    /// Events offered in the live phase (at most the workload's; 0: all of it).
+    pub live_events: u64,
+    /// Run the soak phase for this long.
+    pub soak: Option<Duration>,
+    /// Interval between the soak's RSS samples.
+    pub sample_every: Duration,
+    pub progress: bool,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples`.
+    pub fn of(mut samples: Vec<Duration>) -> Percentiles {
+        if samples.is_empty() {
+            return Percentiles::default();
+        }
+        samples.sort();
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1].as_secs_f64() * 1000.0
+        };
+        Percentiles {
+            count: samples.len() as u64,
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+/// The batch phase's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchResult {
+    pub events: u64,
+    pub workers: usize,
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    /// Of `seconds`: reading, parsing and sequencing.
+    pub read_seconds: f64,
+    /// Of `seconds`: the dataflow.
+    pub engine_seconds: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub anomalies: u64,
+    pub decisions: u64,
+}
+
+/// The live phase's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveResult {
+    pub offered_rate: u64,
+    pub events: u64,
+    /// Wall time from the first event offered until the last decision left.
+    pub seconds: f64,
+    /// Events offered per second of feeding (the offered rate, unless the feeder fell behind).
+    pub fed_rate: f64,
+    /// The longest a second took to become final after a later second was offered.
+    pub max_final_lag_ms: f64,
+    /// Whether that lag stayed under one second.
+    pub kept_up: bool,
+    pub decisions: u64,
+    /// Event ingested -> decision out: from the first event of a decision's second being
+    /// offered to the decision leaving the dataflow.
+    pub latency: Percentiles,
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// One sample of the soak phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakSample {
+    pub elapsed_secs: f64,
+    pub events: u64,
+    pub rss_bytes: Option<u64>,
+}
+
+/// The soak phase's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct SoakResult {
+    pub offered_rate: u64,
+    pub seconds: f64,
+    pub events: u64,
+    pub decisions: u64,
+    pub latency: Percentiles,
+    pub samples: Vec<SoakSample>,
+    /// The largest RSS of the second half over the largest of the first half (1.0: flat).
+    pub rss_growth: Option<f64>,
+}
+
+/// Everything `aer bench` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub build: &'static str,
+    pub batch: BatchResult,
+    pub live: Option<LiveResult>,
+    pub soak: Option<SoakResult>,
+}
+
+/// Resets the process's peak RSS (VmHWM), so the next phase reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn current_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Runs the benchmark; `say` receives one line per step and result.
+pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchReport, BenchError> {
+    if options.workers == 0 {
+        return Err(BenchError::Invalid("--workers must be at least 1".into()));
+    }
+    let dir = tempfile::tempdir().map_err(BenchError::Generate)?;
+    let mut config = options.config.clone();
+    let inputs = if options.inputs.is_empty() {
+        let g = &options.generate;
+        say(&format!(
+            "generating {} enterprises x {} days, about {} benign events (seed {})",
+            g.enterprises, g.days, g.events, g.seed
+        ));
+        let path = dir.path().join("workload.jsonl");
+        let file = std::fs::File::create(&path).map_err(BenchError::Generate)?;
+        let mut w = BufWriter::new(file);
+        let generated = generate(g, &mut w).map_err(BenchError::Generate)?;
+        w.flush().map_err(BenchError::Generate)?;
+        if config.detectors.tor_exit_list.is_none() {
+            let tor = dir.path().join("tor-exits.txt");
+            std::fs::write(&tor, generated.tor_exits.join("\n")).map_err(BenchError::Generate)?;
+            config.detectors.tor_exit_list = Some(tor);
+        }
+        vec![path]
+    } else {
+        options.inputs.clone()
+    };
+
+    // Batch: the replay pipeline, timed from the first byte read to the last decision.
+    reset_peak_rss();
+    say(&format!(
+        "batch: replaying with {} worker(s)",
+        options.workers
+    ));
+    let started = Instant::now();
+    let report = replay::run_pipeline(&ReplayOptions {
+        inputs: inputs.clone(),
+        config: config.clone(),
+        workers: options.workers,
+        cluster: None,
+        out: dir.path().join("out"),
+        progress: options.progress,
+        db: None,
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let events = report.summary.events;
+    let batch = BatchResult {
+        events,
+        workers: options.workers,
+        seconds,
+        events_per_sec: events as f64 / seconds.max(1e-9),
+        read_seconds: report.read_time.as_secs_f64(),
+        engine_seconds: report.engine_time.as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
+        anomalies: report.summary.anomalies,
+        decisions: report.summary.decisions,
+    };
+    say(&format!(
+        "batch: {} events in {:.2} s: {:.0} events/s ({:.2} s reading, {:.2} s in the engine), peak RSS {}, {} anomalies, {} decisions",
+        batch.events,
+        batch.seconds,
+        batch.events_per_sec,
+        batch.read_seconds,
+        batch.engine_seconds,
+        mib(batch.peak_rss_bytes),
+        batch.anomalies,
+        batch.decisions
+    ));
+    drop(report);
+
+    if options.rate == 0 && options.soak.is_none() {
+        return Ok(BenchReport {
+            build: build_profile(),
+            batch,
+            live: None,
+            soak: None,
+        });
+    }
+    let decoded = source::read_inputs(&inputs, false)?;
+    let (mut workload, _) = Sequencer::sort_all(decoded.events);
+    if options.live_events > 0 {
+        workload.truncate(options.live_events as usize);
+    }
+    let workload = Arc::new(workload);
+    let setup = LiveSetup::new(&config, options.workers)?;
+    let rate = options.rate.max(1);
+
+    let live = if options.rate > 0 {
+        reset_peak_rss();
+        say(&format!(
+            "live: offering {} events at {} events/s",
+            workload.len(),
+            rate
+        ));
+        let run = setup.run(&workload, rate, 1, None, &mut |_| {})?;
+        let result = LiveResult {
+            offered_rate: rate,
+            events: run.events,
+            seconds: run.seconds,
+            fed_rate: run.fed_rate,
+            max_final_lag_ms: run.max_final_lag.as_secs_f64() * 1000.0,
+            kept_up: run.max_final_lag <= Duration::from_secs(1),
+            decisions: run.latencies.len() as u64,
+            latency: Percentiles::of(run.latencies),
+            peak_rss_bytes: peak_rss_bytes(),
+        };
+        say(&format!(
+            "live: {} events offered at {:.0} events/s; {} decisions; event -> decision p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {}; peak RSS {}",
+            result.events,
+            result.fed_rate,
+            result.decisions,
+            result.latency.p50_ms,
+            result.latency.p90_ms,
+            result.latency.p99_ms,
+            result.latency.max_ms,
+            if result.kept_up { "kept up" } else { "fell behind" },
+            mib(result.peak_rss_bytes)
+        ));
+        Some(result)
+    } else {
+        None
+    };
+
+    let soak = match options.soak {
+        None => None,
+        Some(duration) => {
+            reset_peak_rss();
+            say(&format!(
+                "soak: offering the workload round after round at {rate} events/s for {}",
+                humantime::format_duration(duration)
+            ));
+            let rounds = u64::MAX;
+            let mut samples = Vec::new();
+            let started = Instant::now();
+            let run = setup.run(
+                &workload,
+                rate,
+                rounds,
+                Some((duration, options.sample_every)),
+                &mut |sample: SoakSample| {
+                    say(&format!(
+                        "soak: {:>7.0} s {:>12} events, RSS {}",
+                        sample.elapsed_secs,
+                        sample.events,
+                        mib(sample.rss_bytes)
+                    ));
+                    samples.push(sample);
+                },
+            )?;
+            let half = started.elapsed().as_secs_f64() / 2.0;
+            let max_rss = |first: bool| {
+                samples
+                    .iter()
+                    .filter(|s| (s.elapsed_secs < half) == first)
+                    .filter_map(|s| s.rss_bytes)
+                    .max()
+            };
+            let rss_growth = match (max_rss(true), max_rss(false)) {
+                (Some(a), Some(b)) if a > 0 => Some(b as f64 / a as f64),
+                _ => None,
+            };
+            let result = SoakResult {
+                offered_rate: rate,
+                seconds: run.seconds,
+                events: run.events,
+                decisions: run.latencies.len() as u64,
+                latency: Percentiles::of(run.latencies),
+                samples,
+                rss_growth,
+            };
+            say(&format!(
+                "soak: {} events in {:.0} s, {} decisions, p99 {:.1} ms; RSS second half / first half: {}",
+                result.events,
+                result.seconds,
+                result.decisions,
+                result.latency.p99_ms,
+                result
+                    .rss_growth
+                    .map_or("n/a".to_string(), |g| format!("{g:.3}"))
+            ));
+            Some(result)
+        }
+    };
+    Ok(BenchReport {
+        build: build_profile(),
+        batch,
+        live,
+        soak,
+    })
+}
+
+fn build_profile() -> &'static str {
+    if cfg!(debug_assertions) {
+        "debug (numbers are not meaningful: build with --release)"
+    } else {
+        "release"
+    }
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("n/a".to_string(), |b| format!("{} MiB", b >> 20))
+}
+
+/// The live graph's configuration, as `aer run` sets it up.
+struct LiveSetup {
+    settings: LiveSettings,
+    rules: Vec<crate::model::Rule>,
+    policies: crate::model::decision::Policies,
+    tor: BTreeSet<String>,
+}
+
+/// What one live run measured.
+struct LiveRun {
+    events: u64,
+    seconds: f64,
+    fed_rate: f64,
+    max_final_lag: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl LiveSetup {
+    fn new(config: &Config, workers: usize) -> Result<LiveSetup, BenchError> {
+        let (heuristics, tor) = heuristic_setup(&config.detectors, false)?;
+        Ok(LiveSetup {
+            settings: LiveSettings {
+                workers,
+                heuristics,
+                session_expiry: config.engine.session_expiry.as_secs(),
+            },
+            rules: config.rules().map_err(ReplayError::from)?,
+            policies: config.policies().map_err(ReplayError::from)?,
+            tor: tor.unwrap_or_default(),
+        })
+    }
+
+    /// Offers `workload` at `rate` events/s, `rounds` times (each round shifted past the one
+    /// before), or until `soak`'s duration has passed, sampling RSS at its interval.
+    fn run(
+        &self,
+        workload: &[Sequenced],
+        rate: u64,
+        rounds: u64,
+        soak: Option<(Duration, Duration)>,
+        on_sample: &mut dyn FnMut(SoakSample),
+    ) -> Result<LiveRun, BenchError> {
+        let (tx, rx) = mpsc::channel::<Output>();
+        let live = Live::start(self.settings.clone(), tx)?;
+        live.send(Command::Rules(self.rules.clone()));
+        live.send(Command::Policies(self.policies.clone()));
+        live.send(Command::Tor(self.tor.clone()));
+        // (event time, when its first event was offered), in time order: sent before the
+        // second's events, so the receiver has it by the time the second's outputs leave.
+        let (offered_tx, offered_rx) = mpsc::channel::<(u64, Instant)>();
+        let receiver = std::thread::spawn(move || measure(rx, offered_rx));
+        let (first, last) = match (workload.first(), workload.last()) {
+            (Some(f), Some(l)) => (f.0, l.0),
+            _ => return Err(BenchError::Invalid("the workload has no events".into())),
+        };
+        let span = last - first + 1;
+        let started = Instant::now();
+        let mut next_sample = soak.map(|(_, every)| every);
+        let mut sent = 0u64;
+        let mut last_time = None;
+        'rounds: for round in 0..rounds {
+            let shift = round * span;
+            for chunk in workload.chunks(1024) {
+                // Pace by wall clock: `sent` events are due at `sent / rate` seconds.
+                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+                let elapsed = started.elapsed();
+                if due > elapsed {
+                    std::thread::sleep(due - elapsed);
+                }
+                let now = Instant::now();
+                for (t, event) in chunk {
+                    let t = t + shift;
+                    if last_time != Some(t) {
+                        let _ = offered_tx.send((t, now));
+                        last_time = Some(t);
+                    }
+                    let mut event = event.clone();
+                    event.time += shift;
+                    live.send(Command::Event((t, event)));
+                }
+                sent += chunk.len() as u64;
+                if let Some(t) = last_time {
+                    live.send(Command::Advance(t));
+                }
+                if let (Some((duration, every)), Some(at)) = (soak, next_sample.as_mut()) {
+                    let elapsed = started.elapsed();
+                    if elapsed >= *at {
+                        on_sample(SoakSample {
+                            elapsed_secs: elapsed.as_secs_f64(),
+                            events: sent,
+                            rss_bytes: current_rss_bytes(),
+                        });
+                        *at += every;
+                    }
+                    if elapsed >= duration {
+                        break 'rounds;
+                    }
+                }
+            }
+        }
+        let fed_seconds = started.elapsed().as_secs_f64();
+        drop(offered_tx);
+        live.finish()?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (latencies, max_final_lag) =
+            receiver.join().map_err(|_| EngineError::WorkerPanicked)?;
+        Ok(LiveRun {
+            events: sent,
+            seconds,
+            fed_rate: sent as f64 / fed_seconds.max(1e-9),
+            max_final_lag,
+            latencies,
+        })
+    }
+}
+
+/// Reads the live outputs as they leave: each decision's latency from the first event of its
+/// second being offered, and the largest lag of a second becoming final after the next second
+/// was offered. Outputs come in time order, so only the offered seconds not yet final are kept.
+fn measure(
+    outputs: mpsc::Receiver<Output>,
+    offered: mpsc::Receiver<(u64, Instant)>,
+) -> (Vec<Duration>, Duration) {
+    let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut latencies = Vec::new();
+    let mut max_lag = Duration::ZERO;
+    for output in outputs {
+        let now = Instant::now();
+        pending.extend(offered.try_iter());
+        match output {
+            Output::Decision(d) => {
+                // The latest offered second at or before the decision's.
+                let i = pending.partition_point(|(s, _)| *s <= d.decided_at);
+                if let Some((_, at)) = i.checked_sub(1).and_then(|i| pending.get(i)) {
+                    latencies.push(now.saturating_duration_since(*at));
+                }
+            }
+            Output::Final(t) => {
+                // Seconds up to t are final: keep the last of them for later decisions' lookup.
+                while pending.len() > 1 && pending[1].0 <= t {
+                    pending.pop_front();
+                }
+                if let Some((_, next)) = pending.iter().find(|(s, _)| *s > t) {
+                    max_lag = max_lag.max(now.saturating_duration_since(*next));
+                }
+            }
+            Output::Anomaly(_) => {}
+        }
+    }
+    (latencies, max_lag)
+}
