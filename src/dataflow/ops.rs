@@ -42,13 +42,13 @@ where
                             (d, to.max(t), r)
                         }));
                     }
-                    buffer.sort_by_key(|(_, t, _)| *t);
-                    while let Some(last) = buffer.last() {
-                        let time = last.1;
-                        let start = buffer.partition_point(|(_, t, _)| *t < time);
-                        let mut group = buffer.split_off(start);
-                        let cap = cap.delayed(&time, output.output_index());
-                        output.session(&cap).give_container(&mut group);
+                    // One message under the earliest new time: differential updates may travel
+                    // in a message stamped earlier than their own times, and one message per
+                    // batch instead of one per distinct time keeps timely's overhead per batch.
+                    if let Some(earliest) = buffer.iter().map(|(_, t, _)| *t).min() {
+                        let cap = cap.delayed(&earliest, output.output_index());
+                        output.session(&cap).give_container(&mut buffer);
+                        buffer.clear();
                     }
                 });
             }
@@ -63,7 +63,7 @@ pub struct AtTime<D1, R1, D2, R2> {
     pub right: Vec<(D2, R2)>,
 }
 
-type Pending<D1, R1, D2, R2> = BTreeMap<Time, (Capability<Time>, Vec<(D1, R1)>, Vec<(D2, R2)>)>;
+type Pending<D1, R1, D2, R2> = BTreeMap<Time, (Vec<(D1, R1)>, Vec<(D2, R2)>)>;
 
 /// A binary operator over two update streams that calls `logic` once per time that has data, in
 /// increasing time order, only after both input frontiers have passed that time. Its output for a
@@ -89,28 +89,31 @@ where
 {
     left.binary_frontier(right, pact_left, pact_right, name, move |_, _| {
         let mut pending: Pending<D1, R1, D2, R2> = BTreeMap::new();
+        // One capability, at or before the earliest pending time (times are totally ordered).
+        let mut held: Option<Capability<Time>> = None;
         let mut produced: Vec<O> = Vec::new();
         move |(in_left, frontier_left), (in_right, frontier_right), output| {
             let index = output.output_index();
+            let mut hold = |cap: &timely::dataflow::operators::InputCapability<Time>| {
+                if let Some(time) = cap.least() {
+                    if held.as_ref().is_none_or(|h| time < h.time()) {
+                        held = Some(cap.delayed(time, index));
+                    }
+                }
+            };
             in_left.for_each_stamp(|cap, data| {
+                hold(&cap);
                 for batch in data {
                     for (d, t, r) in batch.drain(..) {
-                        pending
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, index), Vec::new(), Vec::new()))
-                            .1
-                            .push((d, r));
+                        pending.entry(t).or_default().0.push((d, r));
                     }
                 }
             });
             in_right.for_each_stamp(|cap, data| {
+                hold(&cap);
                 for batch in data {
                     for (d, t, r) in batch.drain(..) {
-                        pending
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, index), Vec::new(), Vec::new()))
-                            .2
-                            .push((d, r));
+                        pending.entry(t).or_default().1.push((d, r));
                     }
                 }
             });
@@ -119,11 +122,19 @@ where
                 if frontier_left.less_equal(&time) || frontier_right.less_equal(&time) {
                     break;
                 }
-                let (cap, left, right) = entry.remove();
+                let (left, right) = entry.remove();
                 logic(AtTime { time, left, right }, &mut produced);
+            }
+            // Everything ready leaves in one message under the held capability (its time is
+            // at or before every time processed); then the capability moves to what is left.
+            if let Some(cap) = held.as_mut() {
                 if !produced.is_empty() {
-                    output.session(&cap).give_container(&mut produced);
+                    output.session(&*cap).give_container(&mut produced);
                     produced.clear();
+                }
+                match pending.first_key_value() {
+                    Some((next, _)) => cap.downgrade(next),
+                    None => held = None,
                 }
             }
         }
