@@ -215,8 +215,34 @@ pub(crate) fn build(
     })
 }
 
-/// Events fed between two checks on the dataflow's progress.
-const BATCH: usize = 16_384;
+/// Events one worker feeds between two checks on the dataflow's progress.
+const WORKER_BATCH: usize = 8_192;
+
+/// Events per chunk of a worker's share; a chunk is freed once fed.
+const CHUNK: usize = 65_536;
+
+type Share = Mutex<Option<Vec<Vec<Sequenced>>>>;
+
+/// Splits the events among the workers of this process: event i goes to global worker
+/// i mod peers (so each share stays in time order); other processes' shares are dropped.
+fn share_out(events: Vec<Sequenced>, placement: &Placement) -> Vec<Share> {
+    let threads = placement.threads.max(1);
+    let (process, processes) = placement.process();
+    let peers = threads * processes;
+    let mut shares: Vec<Vec<Vec<Sequenced>>> = vec![Vec::new(); threads];
+    for (i, event) in events.into_iter().enumerate() {
+        let global = i % peers;
+        if global / threads != process {
+            continue;
+        }
+        let share = &mut shares[global % threads];
+        if share.last().is_none_or(|chunk| chunk.len() == CHUNK) {
+            share.push(Vec::with_capacity(CHUNK));
+        }
+        share.last_mut().expect("a chunk").push(event);
+    }
+    shares.into_iter().map(|s| Mutex::new(Some(s))).collect()
+}
 
 /// Runs the dataflow on `workers` threads; returns the anomalies and decisions, sorted.
 pub fn run(input: Arc<EngineInput>, workers: usize) -> Result<EngineOutput, EngineError> {
@@ -260,10 +286,16 @@ pub fn run_placed(
 ) -> Result<(EngineOutput, EngineStats), EngineError> {
     input.check()?;
     let progress = progress && placement.gathers();
+    // Each worker owns its share of the events (round robin over the sequenced order, by global
+    // worker index) and moves them into the dataflow, so the input is freed as it is fed.
+    let mut input = Arc::try_unwrap(input).unwrap_or_else(|shared| (*shared).clone());
+    let total_events = input.events.len() as u64;
+    let shares = share_out(std::mem::take(&mut input.events), placement);
+    let input = Arc::new(input);
     let state_max = Arc::new(AtomicUsize::new(0));
     let worker_state_max = state_max.clone();
     let bar = crate::io::progress_bar(
-        input.events.len() as u64,
+        total_events,
         "{spinner} detecting {pos}/{len} events [{bar:30}] {per_sec} eta {eta}",
         progress,
     );
@@ -272,6 +304,7 @@ pub fn run_placed(
     let (anomaly_sink, decision_sink) = (anomalies_out.clone(), decisions_out.clone());
     let worker_bar = bar.clone();
     let config = placement.timely_config();
+    let placement_threads = placement.threads;
     let guards = timely::execute(config, move |worker| {
         let (anomaly_sink, decision_sink) = (anomaly_sink.clone(), decision_sink.clone());
         let state_max = worker_state_max.clone();
@@ -300,10 +333,16 @@ pub fn run_placed(
             },
             None,
         );
-        // Every worker feeds its share of the events (round robin over the sequenced order, so
-        // each worker's share is in time order too); worker 0 alone feeds the configuration.
         let (peers, index) = (worker.peers(), worker.index());
+        let share = shares[index % placement_threads]
+            .lock()
+            .expect("shares")
+            .take()
+            .expect("each worker takes its share once");
+        let mut events = share.into_iter().flatten().peekable();
+        let mut fed = 0usize;
         if index == 0 {
+            // Worker 0 also feeds the configuration timelines, merged with its events by time.
             let mut inputs = inputs;
             let mut changes: Vec<(Time, Change<'_>)> = input
                 .rules
@@ -320,12 +359,10 @@ pub fn run_placed(
                 .collect();
             changes.sort_by_key(|(t, _)| *t);
             let mut changes = changes.into_iter().peekable();
-            let mut events = input.events.iter().peekable();
             let mut rules_now: Vec<Rule> = Vec::new();
             let mut policies_now: Vec<(PolicyScope, Policy)> = Vec::new();
             let mut tor_now: Vec<String> = Vec::new();
             let mut now: Time = 0;
-            let mut fed = 0usize;
             loop {
                 let next_event = events.peek().map(|(t, _)| *t);
                 let next_change = changes.peek().map(|(t, _)| *t);
@@ -351,19 +388,16 @@ pub fn run_placed(
                     continue;
                 }
                 let (at, event) = events.next().expect("peeked");
-                if *at > now {
-                    now = *at;
+                if at > now {
+                    now = at;
                     inputs.advance_to(now);
                 }
-                if fed % peers == index {
-                    inputs.events.insert(event.clone());
-                }
+                inputs.events.insert(event);
                 fed += 1;
-                if fed.is_multiple_of(BATCH) {
+                if fed.is_multiple_of(WORKER_BATCH) {
                     inputs.flush();
-                    let lag = now;
-                    worker.step_while(|| probe.less_than(&lag));
-                    worker_bar.set_position(fed as u64);
+                    worker.step_while(|| probe.less_than(&now));
+                    worker_bar.set_position((fed * peers) as u64);
                 }
             }
             inputs.advance_to(end + 1);
@@ -372,26 +406,25 @@ pub fn run_placed(
         } else {
             // Only worker 0 feeds the configuration: close the others' at once.
             let Inputs {
-                mut events,
+                events: mut events_in,
                 rules,
                 policies,
                 tor,
             } = inputs;
             drop((rules, policies, tor));
-            for (fed, (at, event)) in input.events.iter().enumerate() {
-                if *at > *events.time() {
-                    events.advance_to(*at);
+            for (at, event) in events {
+                if at > *events_in.time() {
+                    events_in.advance_to(at);
                 }
-                if fed % peers == index {
-                    events.insert(event.clone());
-                }
-                if (fed + 1).is_multiple_of(BATCH) {
-                    events.flush();
-                    let lag = *events.time();
+                events_in.insert(event);
+                fed += 1;
+                if fed.is_multiple_of(WORKER_BATCH) {
+                    events_in.flush();
+                    let lag = *events_in.time();
                     worker.step_while(|| probe.less_than(&lag));
                 }
             }
-            drop(events);
+            drop(events_in);
             worker.step_while(|| probe.less_than(&(end + 1)));
         }
         // Everything up to `end` is final; the future (window and bucket expiries) is not needed.
