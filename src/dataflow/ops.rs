@@ -17,8 +17,8 @@ use crate::model::Time;
 
 /// Moves every update to `f(record, time)`, which must be at least `time`.
 ///
-/// `f` may read the record, so each record can carry its own window or history. Updates are
-/// sent grouped by their new time, under one capability per time.
+/// `f` may read the record, so each record can carry its own window or history. Each input
+/// message leaves as one message stamped with its earliest new time (each update keeps its own).
 pub fn delay_by<'s, D, R, F>(
     collection: VecCollection<'s, Time, D, R>,
     name: &str,
@@ -69,6 +69,10 @@ type Pending<D1, R1, D2, R2> = BTreeMap<Time, (Vec<(D1, R1)>, Vec<(D2, R2)>)>;
 /// increasing time order, only after both input frontiers have passed that time. Its output for a
 /// time is therefore a deterministic function of the complete inputs up to that time, whatever the
 /// batching, the worker count or the arrival order of messages.
+///
+/// It holds one capability, at the earliest pending time, and sends everything made ready by one
+/// activation in one message under it: timely's cost then follows the batches, not the number of
+/// distinct seconds (updates carry their own times, which are never earlier than the message's).
 pub fn ordered_binary<'s, D1, R1, D2, R2, O, P1, P2, L>(
     left: Stream<'s, Time, Vec<(D1, Time, R1)>>,
     right: Stream<'s, Time, Vec<(D2, Time, R2)>>,
