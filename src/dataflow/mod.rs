@@ -1,7 +1,8 @@
-//! The differential dataflow graph and its driver. [`run`] builds the same graph on every worker,
-//! feeds the sequenced events and the rules and policy timelines through worker 0's inputs (the
-//! other workers close theirs, so only worker 0 holds the frontier back), steps until every time
-//! up to the end is final, and gathers anomalies and decisions on worker 0.
+//! The differential dataflow graph and its driver. [`run`] builds the same graph on every worker
+//! (threads of this process, or of a timely cluster: [`cluster`]), has each worker feed its
+//! round-robin share of the sequenced events, worker 0 alone the rules, policy and Tor timelines
+//! (the others advance those inputs in step), runs until every time up to the end is final, and
+//! gathers anomalies and decisions on worker 0.
 
 pub mod cluster;
 pub mod decide;
@@ -341,10 +342,11 @@ pub fn run_placed(
             .expect("each worker takes its share once");
         let mut events = share.into_iter().flatten().peekable();
         let mut fed = 0usize;
+        // Worker 0 also feeds the configuration timelines, merged with its events by time; the
+        // others only advance their configuration inputs along with their events.
+        let mut changes: Vec<(Time, Change<'_>)> = Vec::new();
         if index == 0 {
-            // Worker 0 also feeds the configuration timelines, merged with its events by time.
-            let mut inputs = inputs;
-            let mut changes: Vec<(Time, Change<'_>)> = input
+            changes = input
                 .rules
                 .iter()
                 .map(|(t, r)| (*t, Change::Rules(r)))
@@ -358,75 +360,55 @@ pub fn run_placed(
                 .filter(|(t, _)| *t <= end)
                 .collect();
             changes.sort_by_key(|(t, _)| *t);
-            let mut changes = changes.into_iter().peekable();
-            let mut rules_now: Vec<Rule> = Vec::new();
-            let mut policies_now: Vec<(PolicyScope, Policy)> = Vec::new();
-            let mut tor_now: Vec<String> = Vec::new();
-            let mut now: Time = 0;
-            loop {
-                let next_event = events.peek().map(|(t, _)| *t);
-                let next_change = changes.peek().map(|(t, _)| *t);
-                let change_first = match (next_event, next_change) {
-                    (None, None) => break,
-                    (Some(te), Some(tc)) => tc <= te,
-                    (None, Some(_)) => true,
-                    (Some(_), None) => false,
-                };
-                if change_first {
-                    let (at, change) = changes.next().expect("peeked");
-                    now = now.max(at);
-                    inputs.advance_to(now);
-                    match change {
-                        Change::Rules(r) => replace(r.to_vec(), &mut rules_now, &mut inputs.rules),
-                        Change::Policies(p) => {
-                            replace(p.records(), &mut policies_now, &mut inputs.policies)
-                        }
-                        Change::Tor(ips) => {
-                            replace(ips.iter().cloned().collect(), &mut tor_now, &mut inputs.tor)
-                        }
+        }
+        let mut changes = changes.into_iter().peekable();
+        let mut inputs = inputs;
+        let mut rules_now: Vec<Rule> = Vec::new();
+        let mut policies_now: Vec<(PolicyScope, Policy)> = Vec::new();
+        let mut tor_now: Vec<String> = Vec::new();
+        let mut now: Time = 0;
+        loop {
+            let next_event = events.peek().map(|(t, _)| *t);
+            let next_change = changes.peek().map(|(t, _)| *t);
+            let change_first = match (next_event, next_change) {
+                (None, None) => break,
+                (Some(te), Some(tc)) => tc <= te,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
+            };
+            if change_first {
+                let (at, change) = changes.next().expect("peeked");
+                now = now.max(at);
+                inputs.advance_to(now);
+                match change {
+                    Change::Rules(r) => replace(r.to_vec(), &mut rules_now, &mut inputs.rules),
+                    Change::Policies(p) => {
+                        replace(p.records(), &mut policies_now, &mut inputs.policies)
                     }
-                    continue;
+                    Change::Tor(ips) => {
+                        replace(ips.iter().cloned().collect(), &mut tor_now, &mut inputs.tor)
+                    }
                 }
-                let (at, event) = events.next().expect("peeked");
-                if at > now {
-                    now = at;
-                    inputs.advance_to(now);
-                }
-                inputs.events.insert(event);
-                fed += 1;
-                if fed.is_multiple_of(WORKER_BATCH) {
-                    inputs.flush();
-                    worker.step_while(|| probe.less_than(&now));
+                continue;
+            }
+            let (at, event) = events.next().expect("peeked");
+            if at > now {
+                now = at;
+                inputs.advance_to(now);
+            }
+            inputs.events.insert(event);
+            fed += 1;
+            if fed.is_multiple_of(WORKER_BATCH) {
+                inputs.flush();
+                worker.step_while(|| probe.less_than(&now));
+                if index == 0 {
                     worker_bar.set_position((fed * peers) as u64);
                 }
             }
-            inputs.advance_to(end + 1);
-            inputs.flush();
-            worker.step_while(|| probe.less_than(&(end + 1)));
-        } else {
-            // Only worker 0 feeds the configuration: close the others' at once.
-            let Inputs {
-                events: mut events_in,
-                rules,
-                policies,
-                tor,
-            } = inputs;
-            drop((rules, policies, tor));
-            for (at, event) in events {
-                if at > *events_in.time() {
-                    events_in.advance_to(at);
-                }
-                events_in.insert(event);
-                fed += 1;
-                if fed.is_multiple_of(WORKER_BATCH) {
-                    events_in.flush();
-                    let lag = *events_in.time();
-                    worker.step_while(|| probe.less_than(&lag));
-                }
-            }
-            drop(events_in);
-            worker.step_while(|| probe.less_than(&(end + 1)));
         }
+        inputs.advance_to(end + 1);
+        inputs.flush();
+        worker.step_while(|| probe.less_than(&(end + 1)));
         // Everything up to `end` is final; the future (window and bucket expiries) is not needed.
         for dataflow in worker.installed_dataflows() {
             worker.drop_dataflow(dataflow);
