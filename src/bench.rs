@@ -16,7 +16,6 @@ use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -28,7 +27,9 @@ use crate::generate::{generate, GenerateOptions};
 use crate::io::sequencer::Sequencer;
 use crate::io::source::{self, SourceError};
 use crate::model::Sequenced;
-use crate::replay::{self, heuristic_setup, peak_rss_bytes, ReplayError, ReplayOptions};
+use crate::replay::{
+    self, current_rss_bytes, heuristic_setup, peak_rss_bytes, ReplayError, ReplayOptions,
+};
 
 /// Everything that can stop a benchmark.
 #[derive(Debug, thiserror::Error)]
@@ -169,13 +170,6 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn current_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Runs the benchmark; `say` receives one line per step and result.
 pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchReport, BenchError> {
     if options.workers == 0 {
@@ -259,7 +253,6 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
     if options.live_events > 0 {
         workload.truncate(options.live_events as usize);
     }
-    let workload = Arc::new(workload);
     let setup = LiveSetup::new(&config, options.workers)?;
     let rate = options.rate.max(1);
 
@@ -309,7 +302,6 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
             ));
             let rounds = u64::MAX;
             let mut samples = Vec::new();
-            let started = Instant::now();
             let run = setup.run(
                 &workload,
                 rate,
@@ -325,7 +317,8 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
                     samples.push(sample);
                 },
             )?;
-            let half = started.elapsed().as_secs_f64() / 2.0;
+            // The halves of the sampled period (the drain after it is not sampled).
+            let half = duration.as_secs_f64() / 2.0;
             let max_rss = |first: bool| {
                 samples
                     .iter()

@@ -141,6 +141,12 @@ where
                     None => held = None,
                 }
             }
+            // Every message in this graph carries a capability, so nothing is ever ready
+            // without one to send it under.
+            debug_assert!(
+                produced.is_empty(),
+                "ordered_binary: output without a capability"
+            );
         }
     })
 }
