@@ -33,7 +33,7 @@ fn rule(reason: &str, action: &str) -> Rule {
 fn burst(events: &mut Vec<Event>, user: &str, session: &str, start: Time, action: &str) {
     for i in 0..6 {
         events.push(Event {
-            id: format!("{user}-{session}-{start}-{i}-{action}"),
+            id: format!("{user}-{session}-{start}-{i}-{action}").into(),
             time: start + i,
             action: action.into(),
             enterprise: "E".into(),

@@ -18,14 +18,14 @@ const CURL: &str = "curl/8.5.0";
 
 fn ev(user: &str, t: Time, session: &str, ua: Option<&str>, ip: &str, asn: Option<u32>) -> Event {
     Event {
-        id: format!("{user}-{t}-{session}"),
+        id: format!("{user}-{t}-{session}").into(),
         time: t,
         action: "file_downloaded".into(),
         enterprise: "E".into(),
         user: user.into(),
         session: Some(session.into()),
         ip: Some(ip.into()),
-        ua: ua.map(str::to_string),
+        ua: ua.map(Into::into),
         asn,
     }
 }

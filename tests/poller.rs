@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 fn drain(rx: &mut mpsc::Receiver<Ingest>) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     while let Ok(Ingest::Events { events, .. }) = rx.try_recv() {
-        out.extend(events.into_iter().map(|e| (e.time, e.id)));
+        out.extend(events.into_iter().map(|e| (e.time, e.id.to_string())));
     }
     out
 }

@@ -13,13 +13,13 @@ use timely::dataflow::Stream;
 
 use super::ops::{ordered_binary, PolicyView};
 use crate::model::decision::{Decision, Policy, PolicyScope, UserFold, LOOP_HORIZON};
-use crate::model::{Anomaly, Event, Time};
+use crate::model::{Anomaly, ArcStr, Event, Time};
 
 /// What the fold reads per (enterprise, user).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum FoldInput {
     /// The user acted in a session (enterprise, user, session).
-    Seen(String, String, String),
+    Seen(ArcStr, ArcStr, ArcStr),
     Anomaly(Box<Anomaly>),
 }
 
@@ -50,8 +50,8 @@ pub fn decide<'s>(
 
     let mut policies_now = PolicyView::default();
     let fallback = Policy::default();
-    let mut sessions: HashMap<(String, String, String), SessionSeen> = HashMap::new();
-    let mut session_expiry_at: BTreeMap<Time, Vec<(String, String, String)>> = BTreeMap::new();
+    let mut sessions: HashMap<(ArcStr, ArcStr, ArcStr), SessionSeen> = HashMap::new();
+    let mut session_expiry_at: BTreeMap<Time, Vec<(ArcStr, ArcStr, ArcStr)>> = BTreeMap::new();
     let mut folds: HashMap<(String, String), UserFold> = HashMap::new();
     let mut fold_expiry_at: BTreeMap<Time, Vec<(String, String)>> = BTreeMap::new();
 
@@ -122,7 +122,11 @@ pub fn decide<'s>(
                     .unwrap_or(&fallback);
                 let first_seen = anomaly.session_id.as_ref().and_then(|s| {
                     sessions
-                        .get(&(anomaly.enterprise.clone(), anomaly.user.clone(), s.clone()))
+                        .get(&(
+                            ArcStr::from(anomaly.enterprise.as_str()),
+                            ArcStr::from(anomaly.user.as_str()),
+                            ArcStr::from(s.as_str()),
+                        ))
                         .filter(|seen| now - seen.last <= session_expiry)
                         .map(|seen| seen.first)
                 });

@@ -18,12 +18,12 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use super::ops::{ordered_binary, Contents};
 use crate::model::client::{client_family, fingerprint_net, novelty_prefix, Finding};
-use crate::model::{Anomaly, Event, HeuristicParams, Time};
+use crate::model::{Anomaly, ArcStr, Event, HeuristicParams, Time};
 
 #[derive(Default)]
 struct Run {
     last: Time,
-    ua: Option<String>,
+    ua: Option<ArcStr>,
     net: Option<String>,
     fingerprint_flagged: bool,
     tor_flagged: bool,
@@ -35,7 +35,7 @@ struct UserState {
     last: Time,
     /// Events per hour bucket, for the activity count.
     hours: VecDeque<(u64, u64)>,
-    sessions: HashMap<Option<String>, Run>,
+    sessions: HashMap<Option<ArcStr>, Run>,
     families: HashMap<String, Time>,
     asns: HashMap<u32, Time>,
     prefixes: HashMap<String, Time>,
@@ -79,8 +79,8 @@ pub fn detect<'s>(
     state_size: Arc<AtomicUsize>,
 ) -> VecCollection<'s, Time, Anomaly, isize> {
     let mut tor_set: Contents<String> = Contents::default();
-    let mut users: HashMap<(String, String), UserState> = HashMap::new();
-    let mut idle_at: BTreeMap<Time, Vec<(String, String)>> = BTreeMap::new();
+    let mut users: HashMap<(ArcStr, ArcStr), UserState> = HashMap::new();
+    let mut idle_at: BTreeMap<Time, Vec<(ArcStr, ArcStr)>> = BTreeMap::new();
     let mut size = 0usize;
     let h = params.history;
     ordered_binary(

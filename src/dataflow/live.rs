@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::threshold::CKey;
 use super::{build, replace, EngineError, Inputs};
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
-use crate::model::{Anomaly, Baseline, HeuristicParams, Rule, Sequenced, ShapeId, Time};
+use crate::model::{Anomaly, ArcStr, Baseline, HeuristicParams, Rule, Sequenced, ShapeId, Time};
 
 /// What the live dataflow is told.
 #[derive(Clone, Debug)]
@@ -48,7 +48,7 @@ pub enum StateUpdate {
     /// The window count of (enterprise, shape, key).
     Count(CKey, u64),
     /// The baseline of (enterprise, shape, rule in force).
-    Baseline((String, ShapeId, Rule), Baseline),
+    Baseline((ArcStr, ShapeId, Rule), Baseline),
 }
 
 /// The live window counts and baselines, exactly as of `as_of` (updates are applied only once
@@ -66,7 +66,8 @@ impl LiveState {
     fn apply(&mut self, update: StateUpdate, diff: isize) {
         match update {
             StateUpdate::Count((enterprise, shape, key), n) => {
-                let counts = self.counts.entry(enterprise).or_default();
+                let counts = self.counts.entry(enterprise.to_string()).or_default();
+                let key = key.to_string();
                 if diff > 0 {
                     counts.insert((shape, key), n);
                 } else if counts.get(&(shape, key.clone())) == Some(&n) {
@@ -74,7 +75,7 @@ impl LiveState {
                 }
             }
             StateUpdate::Baseline((enterprise, shape, rule), baseline) => {
-                let baselines = self.baselines.entry(enterprise).or_default();
+                let baselines = self.baselines.entry(enterprise.to_string()).or_default();
                 if diff > 0 {
                     baselines.insert(shape, (rule, baseline));
                 } else if baselines.get(&shape) == Some(&(rule, baseline)) {

@@ -14,10 +14,12 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;
 
 use super::ops::{delay_by, ordered_binary, Contents};
-use crate::model::{explain_threshold, Anomaly, Baseline, Event, Evidence, Rule, ShapeId, Time};
+use crate::model::{
+    explain_threshold, Anomaly, ArcStr, Baseline, Event, Evidence, Rule, ShapeId, Time,
+};
 
 /// A counting key: (enterprise, rule shape, group key).
-pub type CKey = (String, ShapeId, String);
+pub type CKey = (ArcStr, ShapeId, ArcStr);
 
 /// A matched event as the windows and baselines keep it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -27,16 +29,16 @@ pub struct Counted {
     pub history: u64,
     /// The time the event was processed at.
     pub time: Time,
-    pub id: String,
-    pub user: String,
-    pub session: Option<String>,
+    pub id: ArcStr,
+    pub user: ArcStr,
+    pub session: Option<ArcStr>,
 }
 
 /// What the episode detector remembers of a key's window: its latest counted event and the
 /// last time each user was counted.
 struct Recent {
     latest: Counted,
-    users: BTreeMap<String, Time>,
+    users: BTreeMap<ArcStr, Time>,
 }
 
 /// A key over its threshold, with the numbers that put it there.
@@ -54,7 +56,7 @@ pub struct Over {
 /// key, and the baseline of every (enterprise, shape, rule in force).
 pub struct ThresholdState<'s> {
     pub counts: VecCollection<'s, Time, (CKey, isize), isize>,
-    pub baselines: VecCollection<'s, Time, ((String, ShapeId, Rule), Baseline), isize>,
+    pub baselines: VecCollection<'s, Time, ((ArcStr, ShapeId, Rule), Baseline), isize>,
 }
 
 pub fn detect<'s>(
@@ -224,12 +226,12 @@ fn match_rules<'s>(
                 }
             }
             for (event, diff) in at.left {
-                let Some(rules) = by_action.get(&event.action) else {
+                let Some(rules) = by_action.get(event.action.as_str()) else {
                     continue;
                 };
                 for (rule, shape) in rules {
                     if let Some(group) = rule.group_by.key(&event) {
-                        let key = (event.enterprise.clone(), *shape, group.to_string());
+                        let key = (event.enterprise.clone(), *shape, group.clone());
                         let counted = Counted {
                             window: rule.window,
                             history: rule.history,
@@ -340,8 +342,8 @@ fn anomaly(key: &CKey, over: &Over, time: Time, recent: Option<&Recent>) -> Anom
     let (enterprise, _, group) = key;
     if recent.is_none() {
         tracing::error!(
-            enterprise,
-            key = group,
+            enterprise = enterprise.as_str(),
+            key = group.as_str(),
             "over threshold with no counted event"
         );
     }
@@ -352,7 +354,7 @@ fn anomaly(key: &CKey, over: &Over, time: Time, recent: Option<&Recent>) -> Anom
         r.users
             .iter()
             .filter(|(_, t)| **t + window > time)
-            .map(|(u, _)| u.clone())
+            .map(|(u, _)| u.to_string())
             .collect()
     });
     Anomaly {
@@ -363,11 +365,11 @@ fn anomaly(key: &CKey, over: &Over, time: Time, recent: Option<&Recent>) -> Anom
             time,
             session.as_deref(),
         ),
-        enterprise: enterprise.clone(),
-        user: group.clone(),
+        enterprise: enterprise.to_string(),
+        user: group.to_string(),
         reason: over.rule.reason.clone(),
         detected_at: time,
-        session_id: session,
+        session_id: session.map(|s| s.to_string()),
         observed: over.observed,
         threshold: over.threshold,
         baseline: over.baseline.clone(),
@@ -375,7 +377,7 @@ fn anomaly(key: &CKey, over: &Over, time: Time, recent: Option<&Recent>) -> Anom
             group_by: over.rule.group_by,
             window_secs: over.rule.window,
             history_secs: over.rule.history,
-            latest_event_id: latest.map(|l| l.id.clone()).unwrap_or_default(),
+            latest_event_id: latest.map(|l| l.id.to_string()).unwrap_or_default(),
             users,
             details: BTreeMap::new(),
             explanation: explain_threshold(

@@ -2,8 +2,9 @@
 //! accepted [`Event`]s and [`Reject`]s. Nothing here panics on input; every line ends up either
 //! accepted or rejected with a reason (DESIGN 2).
 
-use crate::model::{Event, Time};
+use crate::model::{ArcStr, Event, Time};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Why a line (or a page entry) was rejected. The `as_str` names are the metric labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -51,79 +52,145 @@ pub struct Reject {
     pub excerpt: String,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DateCreate {
+/// `date_create` as it came: an integer, a float or a string. Read by a visitor, not an untagged
+/// enum: serde buffers an untagged enum's content before trying each variant, which cost more
+/// than the rest of the line.
+enum DateCreate<'a> {
     Int(i64),
     Float(f64),
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StrOrNum {
-    Str(String),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-}
-
-impl StrOrNum {
-    fn into_string(self) -> String {
-        match self {
-            StrOrNum::Str(s) => s,
-            StrOrNum::Int(i) => i.to_string(),
-            StrOrNum::UInt(u) => u.to_string(),
-            StrOrNum::Float(f) => f.to_string(),
+impl<'de: 'a, 'a> Deserialize<'de> for DateCreate<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = DateCreate<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("unix seconds or a date string")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(DateCreate::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(DateCreate::Float(v as f64), DateCreate::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(DateCreate::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(DateCreate::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(DateCreate::Text(Cow::Owned(v.to_string())))
+            }
         }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A field Slack sends as a string or a number (ids, session ids), read as text: borrowed from
+/// the line when it holds no escapes, numbers in their decimal form.
+struct Textual<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Textual<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Textual<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Textual(Cow::Owned(v.to_string())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Textual(Cow::Owned(v.to_string())))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Textual(Cow::Owned(v.to_string())))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Textual(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Textual(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
 #[derive(Deserialize, Default)]
-struct RawUser {
-    #[serde(default)]
-    id: Option<StrOrNum>,
+struct RawUser<'a> {
+    #[serde(default, borrow)]
+    id: Option<Textual<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct RawActor {
-    #[serde(default)]
-    user: Option<RawUser>,
+struct RawActor<'a> {
+    #[serde(default, borrow)]
+    user: Option<RawUser<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct RawLocation {
-    #[serde(default)]
-    id: Option<StrOrNum>,
+struct RawLocation<'a> {
+    #[serde(default, borrow)]
+    id: Option<Textual<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct RawContext {
-    #[serde(default)]
-    location: Option<RawLocation>,
-    #[serde(default)]
-    session_id: Option<StrOrNum>,
-    #[serde(default)]
-    ip_address: Option<String>,
-    #[serde(default)]
-    ua: Option<String>,
+struct RawContext<'a> {
+    #[serde(default, borrow)]
+    location: Option<RawLocation<'a>>,
+    #[serde(default, borrow)]
+    session_id: Option<Textual<'a>>,
+    #[serde(default, borrow)]
+    ip_address: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    ua: Option<Cow<'a, str>>,
 }
 
 /// An entry, or an API page (`entries` set). Unknown fields are ignored, as DESIGN 2 says.
 #[derive(Deserialize)]
-struct RawLine {
-    #[serde(default)]
-    id: Option<StrOrNum>,
-    #[serde(default)]
-    date_create: Option<DateCreate>,
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    actor: Option<RawActor>,
-    #[serde(default)]
-    context: Option<RawContext>,
-    #[serde(default)]
-    entries: Option<Vec<Box<serde_json::value::RawValue>>>,
+struct RawLine<'a> {
+    #[serde(default, borrow)]
+    id: Option<Textual<'a>>,
+    #[serde(default, borrow)]
+    date_create: Option<DateCreate<'a>>,
+    #[serde(default, borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    actor: Option<RawActor<'a>>,
+    #[serde(default, borrow)]
+    context: Option<RawContext<'a>>,
+    #[serde(default, borrow)]
+    entries: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+/// How many distinct strings one decoding thread keeps for sharing; past it the cache starts over
+/// (sharing is lost for a while, nothing else).
+const INTERN_CAPACITY: usize = 1 << 18;
+
+thread_local! {
+    static INTERNED: std::cell::RefCell<std::collections::HashSet<ArcStr>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// The shared copy of `text`: events decoded on the same thread that carry the same user,
+/// enterprise, action, session, address or user agent hold one allocation between them.
+pub fn intern(text: &str) -> ArcStr {
+    INTERNED.with_borrow_mut(|set| {
+        if let Some(shared) = set.get(text) {
+            return shared.clone();
+        }
+        if set.len() >= INTERN_CAPACITY {
+            set.clear();
+        }
+        let shared = ArcStr::from(text);
+        set.insert(shared.clone());
+        shared
+    })
 }
 
 /// Parses `"2022-07-28 16:48:14"` (UTC; `T` instead of the space, fractional seconds and a
@@ -270,15 +337,15 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         },
     };
     let action = match raw.action {
-        Some(a) if !a.is_empty() => a,
+        Some(a) if !a.is_empty() => intern(&a),
         _ => return Err((RejectReason::MissingAction, "no action".to_string())),
     };
     let user = raw
         .actor
         .and_then(|a| a.user)
         .and_then(|u| u.id)
-        .map(StrOrNum::into_string)
-        .filter(|u| !u.is_empty())
+        .filter(|u| !u.0.is_empty())
+        .map(|u| intern(&u.0))
         .ok_or((
             RejectReason::MissingActorUser,
             "no actor.user.id".to_string(),
@@ -287,15 +354,15 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
     let enterprise = context
         .location
         .and_then(|l| l.id)
-        .map(StrOrNum::into_string)
-        .filter(|e| !e.is_empty())
+        .filter(|e| !e.0.is_empty())
+        .map(|e| intern(&e.0))
         .ok_or((
             RejectReason::MissingLocation,
             "no context.location.id".to_string(),
         ))?;
-    let id = match raw.id.map(StrOrNum::into_string) {
-        Some(id) if !id.is_empty() => id,
-        _ => derived_id(body),
+    let id = match raw.id {
+        Some(id) if !id.0.is_empty() => ArcStr::from(id.0.as_ref()),
+        _ => ArcStr::from(derived_id(body)),
     };
     Ok(Event {
         id,
@@ -303,9 +370,12 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         action,
         enterprise,
         user,
-        session: context.session_id.map(StrOrNum::into_string),
-        ip: context.ip_address.filter(|s| !s.is_empty()),
-        ua: context.ua.filter(|s| !s.is_empty()),
+        session: context.session_id.map(|s| intern(&s.0)),
+        ip: context
+            .ip_address
+            .filter(|s| !s.is_empty())
+            .map(|s| intern(&s)),
+        ua: context.ua.filter(|s| !s.is_empty()).map(|s| intern(&s)),
         asn: None,
     })
 }
@@ -354,6 +424,33 @@ mod tests {
         let text = FULL.replace("\"847288190092\"", "847288190092");
         let (e, _) = decode(&text);
         assert_eq!(e[0].session.as_deref(), Some("847288190092"));
+    }
+
+    #[test]
+    fn repeated_fields_share_one_allocation_and_escapes_are_decoded() {
+        let second =
+            FULL.replace("\"847288190092\"", "\"s2\"")
+                .replacen("\"id\":\"", "\"id\":\"other-", 1);
+        let escaped = FULL
+            .replace("\"file_downloaded\"", "\"file\\u005fdownloaded\"")
+            .replace("\"id\":\"0123", "\"id\":\"third-");
+        let e: Vec<Event> = [FULL, &second, &escaped]
+            .iter()
+            .flat_map(|line| {
+                let (events, rejects) = decode(line);
+                assert!(rejects.is_empty(), "{rejects:?}");
+                events
+            })
+            .collect();
+        assert_eq!(e.len(), 3);
+        assert!(ArcStr::ptr_eq(&e[0].user, &e[1].user));
+        assert!(ArcStr::ptr_eq(&e[0].enterprise, &e[1].enterprise));
+        assert!(ArcStr::ptr_eq(&e[0].action, &e[1].action));
+        assert!(!ArcStr::ptr_eq(&e[0].id, &e[1].id));
+        assert_ne!(e[0].session, e[1].session);
+        // An escaped string is decoded, then shared like any other.
+        assert_eq!(e[2].action, "file_downloaded");
+        assert!(ArcStr::ptr_eq(&e[0].action, &e[2].action));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! watermark (DESIGN 3). Both engines, the dataflow and the batch reference, consume its output,
 //! so a file and a stream of the same events give the same result.
 
-use crate::model::{Event, Sequenced, Time};
+use crate::model::{ArcStr, Event, Sequenced, Time};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
@@ -23,9 +23,9 @@ pub struct SequencerStats {
 pub struct Sequencer {
     lateness: Option<u64>,
     dedup_horizon: u64,
-    seen: HashSet<String>,
-    seen_at: BTreeMap<Time, Vec<String>>,
-    held: BinaryHeap<Reverse<(Time, String, Event)>>,
+    seen: HashSet<ArcStr>,
+    seen_at: BTreeMap<Time, Vec<ArcStr>>,
+    held: BinaryHeap<Reverse<(Time, ArcStr, Event)>>,
     max_seen: Option<Time>,
     watermark: Time,
     stats: SequencerStats,
@@ -193,7 +193,7 @@ mod tests {
                     &format!("id{}", rng.gen_range(0..1500)),
                     rng.gen_range(0..300),
                 );
-                e.user = format!("U{}", rng.gen_range(0..5));
+                e.user = format!("U{}", rng.gen_range(0..5)).into();
                 e
             })
             .collect();

@@ -255,7 +255,7 @@ impl Poller {
                 next.ids.clear();
             }
             if e.time == next.oldest {
-                next.ids.insert(e.id.clone());
+                next.ids.insert(e.id.to_string());
             }
         }
         if !events.is_empty() {

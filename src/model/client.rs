@@ -125,7 +125,7 @@ pub enum Finding {
     },
     /// The session's learned user agent and network, and the event's.
     Fingerprint {
-        first_ua: Option<String>,
+        first_ua: Option<super::ArcStr>,
         first_net: Option<String>,
         net: Option<String>,
     },
@@ -152,7 +152,7 @@ impl Finding {
         history: u64,
     ) -> super::Anomaly {
         let user = &event.user;
-        let ua = event.ua.clone().unwrap_or_default();
+        let ua = event.ua.as_deref().unwrap_or_default().to_string();
         let h = super::human_secs(history);
         let (reason, details, why) = match self {
             Finding::Tor { ip } => (

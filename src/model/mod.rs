@@ -2,6 +2,7 @@
 //! matched against, and the anomalies the detectors emit. Plain data with serde, no behaviour beyond
 //! small constructors and the deterministic ids that DESIGN.md fixes.
 
+pub use arcstr::ArcStr;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,23 +13,28 @@ pub mod decision;
 pub type Time = u64;
 
 /// One accepted Slack audit-log entry, reduced to the fields detection uses.
+///
+/// The text fields are [`ArcStr`]s: one pointer each, cloned by a reference count, and shared
+/// between events when the decoder interned them ([`crate::io::codec`] does: the same user,
+/// enterprise, action or user agent is one allocation however many events carry it). Equality,
+/// order and hashing are those of the text, so nothing depends on what was shared.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     /// The entry's `id`, or `h-<hash of the line>` when the entry had none.
-    pub id: String,
+    pub id: ArcStr,
     /// `date_create` in unix seconds.
     pub time: Time,
-    pub action: String,
+    pub action: ArcStr,
     /// `context.location.id`.
-    pub enterprise: String,
+    pub enterprise: ArcStr,
     /// `actor.user.id`.
-    pub user: String,
+    pub user: ArcStr,
     /// `context.session_id`, as a string whatever its JSON type.
-    pub session: Option<String>,
+    pub session: Option<ArcStr>,
     /// `context.ip_address`.
-    pub ip: Option<String>,
+    pub ip: Option<ArcStr>,
     /// `context.ua`.
-    pub ua: Option<String>,
+    pub ua: Option<ArcStr>,
     /// The AS number of `ip`, when an ASN table is loaded and holds it (set at ingest).
     /// Always serialized: events cross timely processes as bincode, which cannot skip fields.
     #[serde(default)]
@@ -54,11 +60,11 @@ pub enum GroupBy {
 impl GroupBy {
     /// The counting key of `event` under this grouping; `None` when the event lacks the field
     /// (such an event is not counted by the rule).
-    pub fn key<'a>(&self, event: &'a Event) -> Option<&'a str> {
+    pub fn key<'a>(&self, event: &'a Event) -> Option<&'a ArcStr> {
         match self {
-            GroupBy::User => Some(event.user.as_str()),
-            GroupBy::Ip => event.ip.as_deref(),
-            GroupBy::Session => event.session.as_deref(),
+            GroupBy::User => Some(&event.user),
+            GroupBy::Ip => event.ip.as_ref(),
+            GroupBy::Session => event.session.as_ref(),
         }
     }
 
@@ -259,11 +265,11 @@ impl Anomaly {
                 now,
                 event.session.as_deref(),
             ),
-            enterprise: event.enterprise.clone(),
-            user: event.user.clone(),
+            enterprise: event.enterprise.to_string(),
+            user: event.user.to_string(),
             reason: reason.to_string(),
             detected_at: now,
-            session_id: event.session.clone(),
+            session_id: event.session.as_deref().map(str::to_string),
             observed: 1,
             threshold: 0,
             baseline: Baseline {
@@ -274,8 +280,8 @@ impl Anomaly {
                 group_by: GroupBy::User,
                 window_secs: 0,
                 history_secs: history,
-                latest_event_id: event.id.clone(),
-                users: vec![event.user.clone()],
+                latest_event_id: event.id.to_string(),
+                users: vec![event.user.to_string()],
                 details: details
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))

@@ -54,7 +54,7 @@ fn matched(input: &EngineInput) -> (Hits<'_>, HashMap<ShapeId, (u64, u64)>) {
             continue;
         }
         for rule in rules_at(&input.rules, *time) {
-            if !rule.actions.contains(&event.action) {
+            if !rule.actions.contains(event.action.as_str()) {
                 continue;
             }
             let Some(key) = rule.group_by.key(event) else {

@@ -48,20 +48,20 @@ fn event(
     client: Client,
 ) -> Event {
     Event {
-        id: format!("ev{i:05}"),
+        id: format!("ev{i:05}").into(),
         time,
-        action: ACTIONS[action].to_string(),
-        enterprise: format!("E{ent}"),
-        user: format!("U{ent}{user}"),
-        session: (session > 0).then(|| format!("s{ent}{user}{session}")),
+        action: ACTIONS[action].into(),
+        enterprise: format!("E{ent}").into(),
+        user: format!("U{ent}{user}").into(),
+        session: (session > 0).then(|| format!("s{ent}{user}{session}").into()),
         // Two users share an IP; net 2 is another /16, net 1 another /24 of the same /16.
         ip: match client.net {
-            0 => Some(format!("10.0.{ent}.{}", user / 2)),
-            1 => Some(format!("10.0.{}.{}", ent + 10, user / 2)),
-            2 => Some(format!("10.9.{ent}.{}", user / 2)),
+            0 => Some(format!("10.0.{ent}.{}", user / 2).into()),
+            1 => Some(format!("10.0.{}.{}", ent + 10, user / 2).into()),
+            2 => Some(format!("10.9.{ent}.{}", user / 2).into()),
             _ => None, // some audit entries carry no IP
         },
-        ua: client.ua.map(|u| UAS[u].to_string()),
+        ua: client.ua.map(|u| UAS[u].into()),
         asn: (!user.is_multiple_of(3) && client.net < 3)
             .then_some(64_500 + u32::from(user % 3) + u32::from(client.net)),
     }

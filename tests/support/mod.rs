@@ -33,7 +33,7 @@ pub fn tor_decision(
 ) -> aer::model::decision::Decision {
     use aer::model::decision::{Decision, Policy};
     let event = aer::model::Event {
-        id: format!("e-{user}-{at}"),
+        id: format!("e-{user}-{at}").into(),
         time: at,
         action: "user_login".into(),
         enterprise: "E".into(),
