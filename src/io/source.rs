@@ -3,7 +3,7 @@
 
 use super::codec::{decode_line, LineRef, Reject, RejectReason};
 use crate::model::Event;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Errors opening or reading an input.
@@ -66,9 +66,8 @@ pub fn read_inputs(inputs: &[PathBuf], progress: bool) -> Result<Decoded, Source
 /// Bytes of whole lines handed to one decoder thread at a time.
 const BLOCK: usize = 4 << 20;
 
-/// Reads `reader` in blocks of whole lines and decodes the blocks of each round on parallel
-/// threads (one per core), appending the results in input order: the output is the same as
-/// decoding line by line.
+/// Reads `reader` in blocks of whole lines and decodes them on parallel threads (one per core),
+/// appending the results in input order: the output is the same as decoding line by line.
 fn read_one(
     reader: impl Read,
     name: &str,
@@ -78,6 +77,16 @@ fn read_one(
     read_blocks(reader, name, bar, out, BLOCK)
 }
 
+/// A block of whole lines as a decoder returns it: what it decoded (reject line numbers counted
+/// from 1 within the block) and how many lines, blank ones included, the block held.
+struct DecodedBlock {
+    decoded: Decoded,
+    physical_lines: u64,
+}
+
+/// The reading pipeline: this thread reads blocks of whole lines and deals them round robin to
+/// long-lived decoder threads (so each keeps its interning cache for the whole input), while it
+/// collects earlier blocks' results in order. At most two blocks per decoder are in flight.
 fn read_blocks(
     reader: impl Read,
     name: &str,
@@ -85,59 +94,104 @@ fn read_blocks(
     out: &mut Decoded,
     block_size: usize,
 ) -> Result<(), SourceError> {
+    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut reader = BufReader::with_capacity(1 << 20, reader);
-    let mut line = 0u64;
-    let mut eof = false;
-    while !eof {
-        let mut blocks: Vec<(u64, Vec<u8>)> = Vec::with_capacity(threads);
-        while blocks.len() < threads && !eof {
-            let first = line + 1;
-            let mut block = Vec::with_capacity(block_size + 4096);
-            while block.len() < block_size {
-                let n =
-                    reader
-                        .read_until(b'\n', &mut block)
-                        .map_err(|source| SourceError::Read {
-                            path: name.to_string(),
-                            line: line + 1,
-                            source,
-                        })?;
+    let mut reader = reader;
+    std::thread::scope(|scope| {
+        let mut to_decoders: Vec<SyncSender<Vec<u8>>> = Vec::with_capacity(threads);
+        let mut from_decoders: Vec<Receiver<DecodedBlock>> = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let (block_tx, block_rx) = sync_channel::<Vec<u8>>(2);
+            let (done_tx, done_rx) = sync_channel::<DecodedBlock>(2);
+            scope.spawn(move || {
+                for block in block_rx {
+                    if done_tx.send(decode_block(&block, name)).is_err() {
+                        break;
+                    }
+                }
+            });
+            to_decoders.push(block_tx);
+            from_decoders.push(done_rx);
+        }
+        let (mut sent, mut collected) = (0usize, 0usize);
+        // Lines read so far (for read errors), and lines before the next block collected.
+        let mut line = 0u64;
+        let mut collected_lines = 0u64;
+        let mut collect = |collected: &mut usize, out: &mut Decoded| {
+            let block = from_decoders[*collected % threads]
+                .recv()
+                .expect("a decoder thread panicked");
+            *collected += 1;
+            let DecodedBlock {
+                mut decoded,
+                physical_lines,
+            } = block;
+            for reject in &mut decoded.rejects {
+                reject.line += collected_lines;
+            }
+            collected_lines += physical_lines;
+            out.events.append(&mut decoded.events);
+            out.rejects.append(&mut decoded.rejects);
+            out.lines += decoded.lines;
+        };
+        let mut carry: Vec<u8> = Vec::new();
+        let mut eof = false;
+        while !eof {
+            let mut block = Vec::with_capacity(block_size.max(carry.len()) + 1);
+            block.append(&mut carry);
+            // Fill to the block size, then on until the block ends with a whole line.
+            loop {
+                let want = block_size
+                    .saturating_sub(block.len())
+                    .max(block_size.min(1 << 16));
+                let n = (&mut reader)
+                    .take(want as u64)
+                    .read_to_end(&mut block)
+                    .map_err(|source| SourceError::Read {
+                        path: name.to_string(),
+                        line: line + 1,
+                        source,
+                    })?;
                 if n == 0 {
                     eof = true;
                     break;
                 }
-                line += 1;
+                if block.len() < block_size {
+                    continue;
+                }
+                if let Some(end) = block.iter().rposition(|b| *b == b'\n') {
+                    carry = block.split_off(end + 1);
+                    break;
+                }
             }
             bar.inc(block.len() as u64);
-            if !block.is_empty() {
-                blocks.push((first, block));
+            if block.is_empty() {
+                break;
+            }
+            line += memchr::memchr_iter(b'\n', &block).count() as u64;
+            to_decoders[sent % threads]
+                .send(block)
+                .expect("a decoder thread panicked");
+            sent += 1;
+            if sent - collected >= 2 * threads {
+                collect(&mut collected, out);
             }
         }
-        let decoded: Vec<Decoded> = std::thread::scope(|scope| {
-            let workers: Vec<_> = blocks
-                .iter()
-                .map(|(first, block)| scope.spawn(move || decode_block(block, name, *first)))
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().expect("a decoder thread panicked"))
-                .collect()
-        });
-        for block in decoded {
-            out.events.extend(block.events);
-            out.rejects.extend(block.rejects);
-            out.lines += block.lines;
+        drop(to_decoders);
+        while collected < sent {
+            collect(&mut collected, out);
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
-/// Decodes a block of whole lines, the first of which is line `first` of `name`.
-fn decode_block(block: &[u8], name: &str, first: u64) -> Decoded {
+/// Decodes a block of whole lines; reject line numbers count from 1 within the block.
+fn decode_block(block: &[u8], name: &str) -> DecodedBlock {
     let mut out = Decoded::default();
+    let mut physical_lines = 0;
     for (i, buf) in block.split_inclusive(|b| *b == b'\n').enumerate() {
-        let line = first + i as u64;
+        physical_lines += 1;
+        let line = 1 + i as u64;
         let at = LineRef { source: name, line };
         match std::str::from_utf8(buf) {
             Ok(text) => {
@@ -159,7 +213,10 @@ fn decode_block(block: &[u8], name: &str, first: u64) -> Decoded {
             }
         }
     }
-    out
+    DecodedBlock {
+        decoded: out,
+        physical_lines,
+    }
 }
 
 /// Convenience for tests and tools: decodes one file.
