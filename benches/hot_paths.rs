@@ -52,7 +52,7 @@ fn hot_paths(c: &mut Criterion) {
     group.bench_function("decode_line", |b| b.iter(|| decode_all(&lines)));
     group.bench_function("sequence", |b| {
         b.iter_batched(
-            || events.clone(),
+            || events.chunks(4096).map(<[Event]>::to_vec).collect(),
             Sequencer::sort_all,
             BatchSize::LargeInput,
         )
@@ -60,7 +60,7 @@ fn hot_paths(c: &mut Criterion) {
     group.finish();
 
     let config = Config::default();
-    let (sequenced, _) = Sequencer::sort_all(events);
+    let (sequenced, _) = Sequencer::sort_all(vec![events]);
     let mut input = EngineInput::new(
         sequenced,
         config.rules().expect("rules"),

@@ -237,13 +237,13 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     };
     let mut decoded = source::read_inputs(&options.inputs, options.progress)?;
     if let Some(table) = &asn_table {
-        for event in &mut decoded.events {
+        for event in decoded.events_mut() {
             event.asn = event.ip.as_deref().and_then(|ip| table.lookup(ip));
         }
     }
     let mut summary = Summary {
         lines: decoded.lines,
-        accepted: decoded.events.len() as u64,
+        accepted: decoded.event_count() as u64,
         ..Summary::default()
     };
     for reject in &decoded.rejects {
@@ -256,7 +256,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         tracing::warn!(reason = %reason, count, "rejected input lines");
     }
     // Replay holds everything until the end, then releases in (time, id) order.
-    let (events, stats) = Sequencer::sort_all(decoded.events);
+    let (events, stats) = Sequencer::sort_all(decoded.blocks);
     summary.duplicates = stats.duplicates;
     summary.late = stats.late;
     summary.events = events.len() as u64;

@@ -200,7 +200,7 @@ fn a_removed_rule_stops_firing_and_a_changed_one_applies_from_its_time() {
     let mut stricter = rule();
     stricter.eval.default_threshold = 6;
     let input = EngineInput {
-        events,
+        events: events.into(),
         rules: vec![(0, vec![rule()]), (9, vec![stricter])],
         end: 12,
         ..Default::default()

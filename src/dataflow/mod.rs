@@ -21,7 +21,7 @@ use timely::worker::Worker;
 pub use cluster::{Cluster, ClusterError, Placement};
 
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
-use crate::model::{Anomaly, Event, HeuristicParams, Rule, Sequenced, Time};
+use crate::model::{Anomaly, Event, EventChunks, HeuristicParams, Rule, Sequenced, Time};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -41,7 +41,7 @@ pub enum EngineError {
 /// built-in default policy).
 #[derive(Clone, Debug, Default)]
 pub struct EngineInput {
-    pub events: Vec<Sequenced>,
+    pub events: EventChunks,
     pub rules: Vec<(Time, Vec<Rule>)>,
     pub policies: Vec<(Time, Policies)>,
     /// The Tor exit-node list in force from each time on (empty before the first entry).
@@ -66,7 +66,8 @@ pub const DEFAULT_SESSION_EXPIRY: u64 = 14 * 86_400;
 
 impl EngineInput {
     /// One rule set and one policy set in force from time 0, evaluated up to the last event.
-    pub fn new(events: Vec<Sequenced>, rules: Vec<Rule>, policies: Policies) -> Self {
+    pub fn new(events: impl Into<EventChunks>, rules: Vec<Rule>, policies: Policies) -> Self {
+        let events = events.into();
         let end = events.last().map_or(0, |(t, _)| *t);
         EngineInput {
             events,
@@ -88,8 +89,9 @@ impl EngineInput {
                 return Err(EngineError::Timeline(w[1]));
             }
         }
-        if let Some(w) = self.events.windows(2).find(|w| w[0].0 > w[1].0) {
-            return Err(EngineError::Timeline(w[1].0));
+        let times = self.events.iter().map(|(t, _)| *t);
+        if let Some((_, t)) = times.clone().zip(times.skip(1)).find(|(a, b)| a > b) {
+            return Err(EngineError::Timeline(t));
         }
         Ok(())
     }
@@ -219,19 +221,18 @@ pub(crate) fn build(
 /// Events one worker feeds between two checks on the dataflow's progress.
 const WORKER_BATCH: usize = 8_192;
 
-/// Events per chunk of a worker's share; a chunk is freed once fed.
-const CHUNK: usize = 65_536;
-
 type Share = Mutex<Option<Vec<Vec<Sequenced>>>>;
 
 /// Splits the events among the workers of this process: event i goes to global worker
-/// i mod peers (so each share stays in time order); other processes' shares are dropped.
-fn share_out(events: Vec<Sequenced>, placement: &Placement) -> Vec<Share> {
+/// i mod peers (so each share stays in time order); other processes' shares are dropped. Each
+/// input chunk is freed once dealt, and each share's chunks once fed.
+fn share_out(events: EventChunks, placement: &Placement) -> Vec<Share> {
+    const CHUNK: usize = EventChunks::CHUNK;
     let threads = placement.threads.max(1);
     let (process, processes) = placement.process();
     let peers = threads * processes;
     let mut shares: Vec<Vec<Vec<Sequenced>>> = vec![Vec::new(); threads];
-    for (i, event) in events.into_iter().enumerate() {
+    for (i, event) in events.into_chunks().into_iter().flatten().enumerate() {
         let global = i % peers;
         if global / threads != process {
             continue;

@@ -3,7 +3,7 @@
 //! watermark (DESIGN 3). Both engines, the dataflow and the batch reference, consume its output,
 //! so a file and a stream of the same events give the same result.
 
-use crate::model::{ArcStr, Event, Sequenced, Time};
+use crate::model::{ArcStr, Event, EventChunks, Sequenced, Time};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
@@ -109,23 +109,48 @@ impl Sequencer {
     }
 
     /// The whole-input form of `Sequencer::new(None, _)` followed by `push` of every event and
-    /// `finish`: the first of each id is kept, and events come out in (time, id) order, but the
-    /// ids are borrowed instead of copied, which matters for large replays.
-    pub fn sort_all(events: Vec<Event>) -> (Vec<Sequenced>, SequencerStats) {
-        let mut seen: HashSet<&str> = HashSet::with_capacity(events.len());
-        let keep: Vec<bool> = events.iter().map(|e| seen.insert(e.id.as_str())).collect();
-        drop(seen);
-        let total = events.len() as u64;
-        let mut out: Vec<Sequenced> = events
-            .into_iter()
-            .zip(keep)
-            .filter(|(_, keep)| *keep)
-            .map(|(e, _)| (e.time, e))
+    /// `finish`: the first of each id is kept, and events come out in (time, id) order. The
+    /// input comes in blocks (as the reader decodes it); each block is sorted in place and the
+    /// blocks are merged, each freed once merged, so the events are never held twice over
+    /// (for input that is roughly in time order, as audit logs are).
+    pub fn sort_all(mut blocks: Vec<Vec<Event>>) -> (EventChunks, SequencerStats) {
+        let total: usize = blocks.iter().map(Vec::len).sum();
+        let keep: Vec<Vec<bool>> = {
+            let mut seen: HashSet<&str> = HashSet::with_capacity(total);
+            blocks
+                .iter()
+                .map(|block| block.iter().map(|e| seen.insert(e.id.as_str())).collect())
+                .collect()
+        };
+        for (block, keep) in blocks.iter_mut().zip(keep) {
+            let mut keep = keep.into_iter();
+            block.retain(|_| keep.next().expect("one flag per event"));
+            block.sort_unstable_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+        }
+        let mut sources: Vec<std::vec::IntoIter<Event>> =
+            blocks.into_iter().map(Vec::into_iter).collect();
+        let mut heads: BinaryHeap<Reverse<(Time, ArcStr, usize)>> = sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_slice()
+                    .first()
+                    .map(|e| Reverse((e.time, e.id.clone(), i)))
+            })
             .collect();
-        out.sort_unstable_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        let mut out = EventChunks::default();
+        while let Some(Reverse((_, _, i))) = heads.pop() {
+            let event = sources[i].next().expect("a head");
+            match sources[i].as_slice().first() {
+                Some(next) => heads.push(Reverse((next.time, next.id.clone(), i))),
+                // Exhausted: free the block now.
+                None => sources[i] = Vec::new().into_iter(),
+            }
+            out.push((event.time, event));
+        }
         let stats = SequencerStats {
             released: out.len() as u64,
-            duplicates: total - out.len() as u64,
+            duplicates: (total - out.len()) as u64,
             late: 0,
         };
         (out, stats)
@@ -203,8 +228,17 @@ mod tests {
             s.push(e, &mut streamed);
         }
         s.finish(&mut streamed);
-        let (sorted, stats) = Sequencer::sort_all(events);
-        assert_eq!(sorted, streamed);
+        // Blocks of uneven sizes, as the reader makes them.
+        let mut blocks: Vec<Vec<Event>> = Vec::new();
+        let mut rest = events;
+        let mut size = 1;
+        while !rest.is_empty() {
+            let tail = rest.split_off(size.min(rest.len()));
+            blocks.push(std::mem::replace(&mut rest, tail));
+            size = size * 3 % 301 + 1;
+        }
+        let (sorted, stats) = Sequencer::sort_all(blocks);
+        assert_eq!(sorted.into_iter().collect::<Vec<_>>(), streamed);
         assert_eq!(&stats, s.stats());
         assert!(stats.duplicates > 0);
     }

@@ -22,13 +22,29 @@ pub enum SourceError {
     },
 }
 
-/// Everything decoded from a set of inputs, in input order.
+/// Everything decoded from a set of inputs, in input order. The events stay in the blocks they
+/// were decoded in (a few thousand each), so that sorting can free them block by block.
 #[derive(Debug, Default)]
 pub struct Decoded {
-    pub events: Vec<Event>,
+    pub blocks: Vec<Vec<Event>>,
     pub rejects: Vec<Reject>,
     /// Non-blank lines read.
     pub lines: u64,
+}
+
+impl Decoded {
+    /// The accepted events, in input order.
+    pub fn events(&self) -> impl Iterator<Item = &Event> {
+        self.blocks.iter().flatten()
+    }
+
+    pub fn events_mut(&mut self) -> impl Iterator<Item = &mut Event> {
+        self.blocks.iter_mut().flatten()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.blocks.iter().map(Vec::len).sum()
+    }
 }
 
 /// Reads every input (`-` is stdin) in order. `progress` shows a bar on stderr when it is a
@@ -80,7 +96,9 @@ fn read_one(
 /// A block of whole lines as a decoder returns it: what it decoded (reject line numbers counted
 /// from 1 within the block) and how many lines, blank ones included, the block held.
 struct DecodedBlock {
-    decoded: Decoded,
+    events: Vec<Event>,
+    rejects: Vec<Reject>,
+    lines: u64,
     physical_lines: u64,
 }
 
@@ -123,16 +141,20 @@ fn read_blocks(
                 .expect("a decoder thread panicked");
             *collected += 1;
             let DecodedBlock {
-                mut decoded,
+                events,
+                mut rejects,
+                lines,
                 physical_lines,
             } = block;
-            for reject in &mut decoded.rejects {
+            for reject in &mut rejects {
                 reject.line += collected_lines;
             }
             collected_lines += physical_lines;
-            out.events.append(&mut decoded.events);
-            out.rejects.append(&mut decoded.rejects);
-            out.lines += decoded.lines;
+            if !events.is_empty() {
+                out.blocks.push(events);
+            }
+            out.rejects.append(&mut rejects);
+            out.lines += lines;
         };
         let mut carry: Vec<u8> = Vec::new();
         let mut eof = false;
@@ -187,10 +209,14 @@ fn read_blocks(
 
 /// Decodes a block of whole lines; reject line numbers count from 1 within the block.
 fn decode_block(block: &[u8], name: &str) -> DecodedBlock {
-    let mut out = Decoded::default();
-    let mut physical_lines = 0;
+    let mut out = DecodedBlock {
+        events: Vec::new(),
+        rejects: Vec::new(),
+        lines: 0,
+        physical_lines: 0,
+    };
     for (i, buf) in block.split_inclusive(|b| *b == b'\n').enumerate() {
-        physical_lines += 1;
+        out.physical_lines += 1;
         let line = 1 + i as u64;
         let at = LineRef { source: name, line };
         match std::str::from_utf8(buf) {
@@ -213,10 +239,7 @@ fn decode_block(block: &[u8], name: &str) -> DecodedBlock {
             }
         }
     }
-    DecodedBlock {
-        decoded: out,
-        physical_lines,
-    }
+    out
 }
 
 /// Convenience for tests and tools: decodes one file.
@@ -246,7 +269,12 @@ mod tests {
             input.extend_from_slice(line.as_bytes());
         }
         input.extend_from_slice(b"\xff\xfe not utf-8\n{\"id\":\"last\"}");
-        let mut expected = Decoded::default();
+        let mut expected = DecodedBlock {
+            events: Vec::new(),
+            rejects: Vec::new(),
+            lines: 0,
+            physical_lines: 0,
+        };
         for (i, text) in String::from_utf8_lossy(&input)
             .split_inclusive('\n')
             .enumerate()
@@ -267,7 +295,8 @@ mod tests {
         for block_size in [1, 300, 4096, 1 << 20] {
             let mut got = Decoded::default();
             read_blocks(&input[..], "t", &bar, &mut got, block_size).expect("read");
-            assert_eq!(got.events, expected.events, "block size {block_size}");
+            let events: Vec<Event> = got.events().cloned().collect();
+            assert_eq!(events, expected.events, "block size {block_size}");
             let lines: Vec<u64> = got.rejects.iter().map(|r| r.line).collect();
             let mut want: Vec<u64> = expected.rejects.iter().map(|r| r.line).collect();
             want.insert(want.len() - 1, 501);

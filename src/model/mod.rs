@@ -45,6 +45,84 @@ pub struct Event {
 /// watermark when it arrived late, DESIGN 3) and the event.
 pub type Sequenced = (Time, Event);
 
+/// Sequenced events in processing order, held in chunks so that a consumer can free them chunk
+/// by chunk as it goes (a replay's engine does, which keeps its input from being held twice).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventChunks {
+    chunks: Vec<Vec<Sequenced>>,
+    len: usize,
+}
+
+impl EventChunks {
+    /// Events per chunk.
+    pub const CHUNK: usize = 65_536;
+
+    pub fn push(&mut self, event: Sequenced) {
+        if self.chunks.last().is_none_or(|c| c.len() == Self::CHUNK) {
+            self.chunks.push(Vec::with_capacity(Self::CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk").push(event);
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Sequenced> + Clone {
+        self.chunks.iter().flatten()
+    }
+
+    pub fn first(&self) -> Option<&Sequenced> {
+        self.chunks.first().and_then(|c| c.first())
+    }
+
+    pub fn last(&self) -> Option<&Sequenced> {
+        self.chunks.last().and_then(|c| c.last())
+    }
+
+    /// The chunks, in order, for a consumer that frees each once done with it.
+    pub fn into_chunks(self) -> Vec<Vec<Sequenced>> {
+        self.chunks
+    }
+}
+
+impl From<Vec<Sequenced>> for EventChunks {
+    fn from(events: Vec<Sequenced>) -> Self {
+        events.into_iter().collect()
+    }
+}
+
+impl FromIterator<Sequenced> for EventChunks {
+    fn from_iter<I: IntoIterator<Item = Sequenced>>(iter: I) -> Self {
+        let mut chunks = EventChunks::default();
+        for event in iter {
+            chunks.push(event);
+        }
+        chunks
+    }
+}
+
+impl IntoIterator for EventChunks {
+    type Item = Sequenced;
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<Sequenced>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.chunks.into_iter().flatten()
+    }
+}
+
+impl<'a> IntoIterator for &'a EventChunks {
+    type Item = &'a Sequenced;
+    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Vec<Sequenced>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.chunks.iter().flatten()
+    }
+}
+
 /// What a threshold rule counts per: the acting user (default), the source IP or the session.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,

@@ -311,7 +311,7 @@ pub fn sequence(
     }
     let end = seq.finish(&mut events);
     EngineInput {
-        events,
+        events: events.into(),
         rules: timeline,
         policies: vec![(0, Policies::default())],
         session_expiry: 30,
