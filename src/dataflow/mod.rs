@@ -21,7 +21,7 @@ use timely::worker::Worker;
 pub use cluster::{Cluster, ClusterError, Placement};
 
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
-use crate::model::{Anomaly, Event, EventChunks, HeuristicParams, Rule, Sequenced, Time};
+use crate::model::{Anomaly, Event, EventChunks, HeuristicParams, Rule, Time};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -221,27 +221,22 @@ pub(crate) fn build(
 /// Events one worker feeds between two checks on the dataflow's progress.
 const WORKER_BATCH: usize = 8_192;
 
-type Share = Mutex<Option<Vec<Vec<Sequenced>>>>;
+type Share = Mutex<Option<EventChunks>>;
 
 /// Splits the events among the workers of this process: event i goes to global worker
 /// i mod peers (so each share stays in time order); other processes' shares are dropped. Each
 /// input chunk is freed once dealt, and each share's chunks once fed.
 fn share_out(events: EventChunks, placement: &Placement) -> Vec<Share> {
-    const CHUNK: usize = EventChunks::CHUNK;
     let threads = placement.threads.max(1);
     let (process, processes) = placement.process();
     let peers = threads * processes;
-    let mut shares: Vec<Vec<Vec<Sequenced>>> = vec![Vec::new(); threads];
-    for (i, event) in events.into_chunks().into_iter().flatten().enumerate() {
+    let mut shares: Vec<EventChunks> = vec![EventChunks::default(); threads];
+    for (i, event) in events.into_iter().enumerate() {
         let global = i % peers;
         if global / threads != process {
             continue;
         }
-        let share = &mut shares[global % threads];
-        if share.last().is_none_or(|chunk| chunk.len() == CHUNK) {
-            share.push(Vec::with_capacity(CHUNK));
-        }
-        share.last_mut().expect("a chunk").push(event);
+        shares[global % threads].push(event);
     }
     shares.into_iter().map(|s| Mutex::new(Some(s))).collect()
 }
@@ -341,7 +336,7 @@ pub fn run_placed(
             .expect("shares")
             .take()
             .expect("each worker takes its share once");
-        let mut events = share.into_iter().flatten().peekable();
+        let mut events = share.into_iter().peekable();
         let mut fed = 0usize;
         // Worker 0 also feeds the configuration timelines, merged with its events by time; the
         // others only advance their configuration inputs along with their events.

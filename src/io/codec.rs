@@ -179,7 +179,7 @@ thread_local! {
 
 /// The shared copy of `text`: events decoded on the same thread that carry the same user,
 /// enterprise, action, session, address or user agent hold one allocation between them.
-pub fn intern(text: &str) -> ArcStr {
+fn intern(text: &str) -> ArcStr {
     INTERNED.with_borrow_mut(|set| {
         if let Some(shared) = set.get(text) {
             return shared.clone();

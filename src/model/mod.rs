@@ -45,8 +45,8 @@ pub struct Event {
 /// watermark when it arrived late, DESIGN 3) and the event.
 pub type Sequenced = (Time, Event);
 
-/// Sequenced events in processing order, held in chunks so that a consumer can free them chunk
-/// by chunk as it goes (a replay's engine does, which keeps its input from being held twice).
+/// Sequenced events in processing order, held in chunks: iterating it by value frees each chunk
+/// once passed (a replay's engine does, which keeps its input from being held twice).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EventChunks {
     chunks: Vec<Vec<Sequenced>>,
@@ -83,11 +83,6 @@ impl EventChunks {
 
     pub fn last(&self) -> Option<&Sequenced> {
         self.chunks.last().and_then(|c| c.last())
-    }
-
-    /// The chunks, in order, for a consumer that frees each once done with it.
-    pub fn into_chunks(self) -> Vec<Vec<Sequenced>> {
-        self.chunks
     }
 }
 
@@ -430,6 +425,36 @@ fn fmt_ppm(v: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn events_are_small_and_chunks_keep_order_across_boundaries() {
+        // The README's per-event figure: eight pointers or integers, the id on the heap.
+        assert_eq!(std::mem::size_of::<super::Event>(), 72);
+        let n = super::EventChunks::CHUNK * 2 + 3;
+        let events: Vec<super::Sequenced> = (0..n as u64)
+            .map(|t| {
+                let mut e = super::Event {
+                    id: format!("e{t}").into(),
+                    time: t,
+                    action: "a".into(),
+                    enterprise: "E".into(),
+                    user: "U".into(),
+                    session: None,
+                    ip: None,
+                    ua: None,
+                    asn: None,
+                };
+                e.asn = Some(t as u32);
+                (t, e)
+            })
+            .collect();
+        let chunks = super::EventChunks::from(events.clone());
+        assert_eq!(chunks.len(), n);
+        assert_eq!(chunks.first(), events.first());
+        assert_eq!(chunks.last(), events.last());
+        assert!(chunks.iter().eq(events.iter()));
+        assert_eq!(chunks.into_iter().collect::<Vec<_>>(), events);
+    }
+
     use super::*;
 
     /// Records cross timely processes as bincode, which cannot skip fields: what JSON leaves out
