@@ -52,69 +52,51 @@ pub struct Reject {
     pub excerpt: String,
 }
 
-/// `date_create` as it came: an integer, a float or a string. Read by a visitor, not an untagged
-/// enum: serde buffers an untagged enum's content before trying each variant, which cost more
-/// than the rest of the line.
-enum DateCreate<'a> {
+/// A JSON scalar as it came: an integer, a float or a string (borrowed from the line when it
+/// holds no escapes). Ids, session ids and `date_create` arrive as any of these. Read by a
+/// visitor, not an untagged enum: serde buffers an untagged enum's content before trying each
+/// variant, which cost more than the rest of the line.
+enum Scalar<'a> {
     Int(i64),
+    UInt(u64),
     Float(f64),
     Text(Cow<'a, str>),
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for DateCreate<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = DateCreate<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("unix seconds or a date string")
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(DateCreate::Int(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(i64::try_from(v).map_or(DateCreate::Float(v as f64), DateCreate::Int))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(DateCreate::Float(v))
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(DateCreate::Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(DateCreate::Text(Cow::Owned(v.to_string())))
-            }
+impl<'a> Scalar<'a> {
+    /// The value as text: strings as they are, numbers in their decimal form.
+    fn into_text(self) -> Cow<'a, str> {
+        match self {
+            Scalar::Int(v) => Cow::Owned(v.to_string()),
+            Scalar::UInt(v) => Cow::Owned(v.to_string()),
+            Scalar::Float(v) => Cow::Owned(v.to_string()),
+            Scalar::Text(t) => t,
         }
-        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
-/// A field Slack sends as a string or a number (ids, session ids), read as text: borrowed from
-/// the line when it holds no escapes, numbers in their decimal form.
-struct Textual<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Textual<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Textual<'a>;
+            type Value = Scalar<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a string or a number")
             }
             fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Textual(Cow::Owned(v.to_string())))
+                Ok(Scalar::Int(v))
             }
             fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Textual(Cow::Owned(v.to_string())))
+                Ok(Scalar::UInt(v))
             }
             fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Textual(Cow::Owned(v.to_string())))
+                Ok(Scalar::Float(v))
             }
             fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Textual(Cow::Borrowed(v)))
+                Ok(Scalar::Text(Cow::Borrowed(v)))
             }
             fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Textual(Cow::Owned(v.to_string())))
+                Ok(Scalar::Text(Cow::Owned(v.to_string())))
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
@@ -124,7 +106,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Textual<'a> {
 #[derive(Deserialize, Default)]
 struct RawUser<'a> {
     #[serde(default, borrow)]
-    id: Option<Textual<'a>>,
+    id: Option<Scalar<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -136,7 +118,7 @@ struct RawActor<'a> {
 #[derive(Deserialize, Default)]
 struct RawLocation<'a> {
     #[serde(default, borrow)]
-    id: Option<Textual<'a>>,
+    id: Option<Scalar<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -144,7 +126,7 @@ struct RawContext<'a> {
     #[serde(default, borrow)]
     location: Option<RawLocation<'a>>,
     #[serde(default, borrow)]
-    session_id: Option<Textual<'a>>,
+    session_id: Option<Scalar<'a>>,
     #[serde(default, borrow)]
     ip_address: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -155,9 +137,9 @@ struct RawContext<'a> {
 #[derive(Deserialize)]
 struct RawLine<'a> {
     #[serde(default, borrow)]
-    id: Option<Textual<'a>>,
+    id: Option<Scalar<'a>>,
     #[serde(default, borrow)]
-    date_create: Option<DateCreate<'a>>,
+    date_create: Option<Scalar<'a>>,
     #[serde(default, borrow)]
     action: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
@@ -310,13 +292,20 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
                 "no date_create".to_string(),
             ))
         }
-        Some(DateCreate::Int(i)) => u64::try_from(i).map_err(|_| {
+        Some(Scalar::Int(i)) => u64::try_from(i).map_err(|_| {
             (
                 RejectReason::BadDateCreate,
                 format!("negative date_create {i}"),
             )
         })?,
-        Some(DateCreate::Float(f)) => {
+        Some(Scalar::UInt(u)) if i64::try_from(u).is_ok() => u,
+        Some(Scalar::UInt(u)) => {
+            return Err((
+                RejectReason::BadDateCreate,
+                format!("date_create {} is not a time", u as f64),
+            ))
+        }
+        Some(Scalar::Float(f)) => {
             if (0.0..1e15).contains(&f) {
                 f.floor() as u64
             } else {
@@ -326,7 +315,7 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
                 ));
             }
         }
-        Some(DateCreate::Text(t)) => match t.trim().parse::<u64>() {
+        Some(Scalar::Text(t)) => match t.trim().parse::<u64>() {
             Ok(secs) => secs,
             Err(_) => parse_date(&t).ok_or_else(|| {
                 (
@@ -344,8 +333,9 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         .actor
         .and_then(|a| a.user)
         .and_then(|u| u.id)
-        .filter(|u| !u.0.is_empty())
-        .map(|u| intern(&u.0))
+        .map(Scalar::into_text)
+        .filter(|u| !u.is_empty())
+        .map(|u| intern(&u))
         .ok_or((
             RejectReason::MissingActorUser,
             "no actor.user.id".to_string(),
@@ -354,14 +344,15 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
     let enterprise = context
         .location
         .and_then(|l| l.id)
-        .filter(|e| !e.0.is_empty())
-        .map(|e| intern(&e.0))
+        .map(Scalar::into_text)
+        .filter(|e| !e.is_empty())
+        .map(|e| intern(&e))
         .ok_or((
             RejectReason::MissingLocation,
             "no context.location.id".to_string(),
         ))?;
-    let id = match raw.id {
-        Some(id) if !id.0.is_empty() => ArcStr::from(id.0.as_ref()),
+    let id = match raw.id.map(Scalar::into_text) {
+        Some(id) if !id.is_empty() => ArcStr::from(id.as_ref()),
         _ => ArcStr::from(derived_id(body)),
     };
     Ok(Event {
@@ -370,7 +361,7 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         action,
         enterprise,
         user,
-        session: context.session_id.map(|s| intern(&s.0)),
+        session: context.session_id.map(|s| intern(&s.into_text())),
         ip: context
             .ip_address
             .filter(|s| !s.is_empty())
@@ -424,6 +415,19 @@ mod tests {
         let text = FULL.replace("\"847288190092\"", "847288190092");
         let (e, _) = decode(&text);
         assert_eq!(e[0].session.as_deref(), Some("847288190092"));
+        // Numeric ids, users and enterprises read as their decimal text; a float date is floored.
+        let text = FULL
+            .replace("\"0123a45b\"", "42")
+            .replace("\"W123AB456\"", "7")
+            .replace("\"E1701NCCA\"", "9")
+            .replace("1521214343", "1521214343.75");
+        let (e, r) = decode(&text);
+        assert!(r.is_empty(), "{r:?}");
+        assert_eq!(
+            (&*e[0].id, &*e[0].user, &*e[0].enterprise),
+            ("42", "7", "9")
+        );
+        assert_eq!(e[0].time, 1_521_214_343);
     }
 
     #[test]
@@ -466,6 +470,14 @@ mod tests {
             ),
             (
                 r#"{"date_create":"soon","action":"x"}"#,
+                RejectReason::BadDateCreate,
+            ),
+            (
+                r#"{"date_create":18446744073709551615,"action":"x"}"#,
+                RejectReason::BadDateCreate,
+            ),
+            (
+                r#"{"date_create":1e300,"action":"x"}"#,
                 RejectReason::BadDateCreate,
             ),
             (r#"{"date_create":true}"#, RejectReason::InvalidEntry),
