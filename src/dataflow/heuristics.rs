@@ -10,7 +10,8 @@
 //! memory follows recent activity, not the length of the stream.
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -24,7 +25,7 @@ use crate::model::{Anomaly, ArcStr, Event, HeuristicParams, Time};
 struct Run {
     last: Time,
     ua: Option<ArcStr>,
-    net: Option<String>,
+    net: Option<ArcStr>,
     fingerprint_flagged: bool,
     tor_flagged: bool,
     client_flagged: bool,
@@ -36,9 +37,9 @@ struct UserState {
     /// Events per hour bucket, for the activity count.
     hours: VecDeque<(u64, u64)>,
     sessions: HashMap<Option<ArcStr>, Run>,
-    families: HashMap<String, Time>,
+    families: HashMap<ArcStr, Time>,
     asns: HashMap<u32, Time>,
-    prefixes: HashMap<String, Time>,
+    prefixes: HashMap<ArcStr, Time>,
     /// Map sizes after the last prune, to prune again when they have doubled.
     pruned_at: usize,
 }
@@ -61,6 +62,58 @@ impl UserState {
     }
 }
 
+/// What the detectors derive from a user agent (client family, scripted) and from an address
+/// (fingerprint network, novelty prefix), computed once per distinct value instead of once per
+/// event: parsing and formatting addresses and lower-casing user agents was a tenth of the
+/// workers' time. Keyed by the address of the interned text; each entry holds its text, so that
+/// address cannot be reused while the entry lives. Text that was not shared (an interning cache
+/// was full) only costs an extra entry. Cleared when it reaches [`Derived::CAP`] entries.
+#[derive(Default)]
+struct Derived {
+    families: HashMap<usize, (ArcStr, (ArcStr, bool))>,
+    nets: HashMap<usize, (ArcStr, Nets)>,
+}
+
+/// An address's networks: the /24 (/64) of a session fingerprint and the /16 (/32) the
+/// novelty detector learns.
+#[derive(Clone)]
+struct Nets {
+    fingerprint: Option<ArcStr>,
+    novelty: Option<ArcStr>,
+}
+
+impl Derived {
+    const CAP: usize = 1 << 16;
+
+    fn family(&mut self, ua: &ArcStr, scripted: &[String]) -> (ArcStr, bool) {
+        if self.families.len() >= Self::CAP {
+            self.families.clear();
+        }
+        let entry = self
+            .families
+            .entry(ua.as_ptr() as usize)
+            .or_insert_with(|| {
+                let (family, scripted) = client_family(ua, scripted);
+                (ua.clone(), (ArcStr::from(family), scripted))
+            });
+        entry.1.clone()
+    }
+
+    fn nets(&mut self, ip: &ArcStr) -> Nets {
+        if self.nets.len() >= Self::CAP {
+            self.nets.clear();
+        }
+        let entry = self.nets.entry(ip.as_ptr() as usize).or_insert_with(|| {
+            let nets = Nets {
+                fingerprint: fingerprint_net(Some(ip), None).map(ArcStr::from),
+                novelty: novelty_prefix(ip).map(ArcStr::from),
+            };
+            (ip.clone(), nets)
+        });
+        entry.1.clone()
+    }
+}
+
 fn seen_within<K: std::hash::Hash + Eq>(
     map: &HashMap<K, Time>,
     key: &K,
@@ -80,6 +133,7 @@ pub fn detect<'s>(
 ) -> VecCollection<'s, Time, Anomaly, isize> {
     let mut tor_set: Contents<String> = Contents::default();
     let mut users: HashMap<(ArcStr, ArcStr), UserState> = HashMap::new();
+    let mut derived = Derived::default();
     let mut idle_at: BTreeMap<Time, Vec<(ArcStr, ArcStr)>> = BTreeMap::new();
     let mut size = 0usize;
     let h = params.history;
@@ -110,7 +164,7 @@ pub fn detect<'s>(
                     UserState::default()
                 });
                 size -= user.size();
-                observe(user, &event, now, &params, &tor_set, |a| {
+                observe(user, &event, now, &params, &tor_set, &mut derived, |a| {
                     out.push((a, now, 1))
                 });
                 if user.size() > 2 * user.pruned_at.max(8) {
@@ -148,6 +202,7 @@ fn observe(
     now: Time,
     params: &HeuristicParams,
     tor: &Contents<String>,
+    derived: &mut Derived,
     mut emit: impl FnMut(Anomaly),
 ) {
     let h = params.history;
@@ -171,8 +226,9 @@ fn observe(
     let mut found = |finding: Finding, known: usize| emit(finding.anomaly(event, now, known, h));
     let family = event
         .ua
-        .as_deref()
-        .map(|ua| client_family(ua, &params.scripted_clients));
+        .as_ref()
+        .map(|ua| derived.family(ua, &params.scripted_clients));
+    let nets = event.ip.as_ref().map(|ip| derived.nets(ip));
     // Tor exit nodes: once per (user, session run).
     if params.on("tor") && !run.tor_flagged {
         if let Some(ip) = event.ip.as_deref().filter(|ip| tor.contains(*ip)) {
@@ -186,7 +242,7 @@ fn observe(
             run.client_flagged = true;
             found(
                 Finding::ScriptedClient {
-                    client: client.clone(),
+                    client: client.to_string(),
                 },
                 0,
             );
@@ -194,7 +250,10 @@ fn observe(
     }
     // Session fingerprint: the session's first user agent and network, learned as they appear.
     if event.session.is_some() {
-        let net = fingerprint_net(event.ip.as_deref(), event.asn);
+        let net = match event.asn {
+            Some(asn) => fingerprint_net(None, Some(asn)).map(ArcStr::from),
+            None => nets.as_ref().and_then(|n| n.fingerprint.clone()),
+        };
         let ua_changed = matches!((&run.ua, &event.ua), (Some(a), Some(b)) if a != b);
         let net_changed = matches!((&run.net, &net), (Some(a), Some(b)) if a != b);
         if (ua_changed || net_changed)
@@ -204,8 +263,8 @@ fn observe(
             run.fingerprint_flagged = true;
             let finding = Finding::Fingerprint {
                 first_ua: run.ua.clone(),
-                first_net: run.net.clone(),
-                net: net.clone(),
+                first_net: run.net.as_ref().map(|n| n.to_string()),
+                net: net.as_ref().map(|n| n.to_string()),
             };
             found(finding, 0);
         }
@@ -226,7 +285,7 @@ fn observe(
         {
             let known = user.families.values().filter(|t| now - **t <= h).count();
             let finding = Finding::NewFamily {
-                family: family.clone(),
+                family: family.to_string(),
                 active,
             };
             found(finding, known);
@@ -240,11 +299,11 @@ fn observe(
         }
         user.asns.insert(asn, now);
     }
-    if let Some(prefix) = event.ip.as_deref().and_then(novelty_prefix) {
+    if let Some(prefix) = nets.and_then(|n| n.novelty) {
         if experienced && params.on("ip_address") && !seen_within(&user.prefixes, &prefix, now, h) {
             let known = user.prefixes.values().filter(|t| now - **t <= h).count();
             let finding = Finding::NewPrefix {
-                prefix: prefix.clone(),
+                prefix: prefix.to_string(),
             };
             found(finding, known);
         }
@@ -283,7 +342,46 @@ pub fn parse_tor_list(text: &str) -> (BTreeSet<String>, Vec<(usize, String)>) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_tor_list;
+    use super::{parse_tor_list, Derived};
+    use crate::model::client::{client_family, fingerprint_net, novelty_prefix};
+    use crate::model::ArcStr;
+
+    #[test]
+    fn derived_values_match_the_helpers_whatever_the_sharing() {
+        let scripted = crate::config::default_scripted_clients();
+        let mut derived = Derived::default();
+        let ua = ArcStr::from("curl/8.5.0");
+        let copy = ArcStr::from("curl/8.5.0");
+        assert!(!ArcStr::ptr_eq(&ua, &copy));
+        for u in [&ua, &copy, &ua] {
+            let (family, is_scripted) = derived.family(u, &scripted);
+            assert_eq!(
+                (family.to_string(), is_scripted),
+                client_family(u, &scripted)
+            );
+        }
+        assert_eq!(derived.families.len(), 2, "one entry per allocation");
+        for text in ["1.2.3.4", "2001:db8:1:2::5", "not an address"] {
+            let nets = derived.nets(&ArcStr::from(text));
+            assert_eq!(
+                nets.fingerprint.as_deref(),
+                fingerprint_net(Some(text), None).as_deref()
+            );
+            assert_eq!(nets.novelty.as_deref(), novelty_prefix(text).as_deref());
+        }
+        // The cache starts over at its bound instead of growing.
+        let kept: Vec<ArcStr> = (0..Derived::CAP + 10)
+            .map(|i| ArcStr::from(format!("10.0.{}.{}", i / 256 % 256, i % 256)))
+            .collect();
+        for ip in &kept {
+            derived.nets(ip);
+        }
+        assert!(derived.nets.len() <= Derived::CAP);
+        assert_eq!(
+            derived.nets(&kept[5]).fingerprint.as_deref(),
+            Some("10.0.0.0/24")
+        );
+    }
 
     #[test]
     fn tor_lists_allow_comments_and_report_bad_lines() {
