@@ -298,13 +298,16 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
                 format!("negative date_create {i}"),
             )
         })?,
-        Some(Scalar::UInt(u)) if i64::try_from(u).is_ok() => u,
-        Some(Scalar::UInt(u)) => {
-            return Err((
-                RejectReason::BadDateCreate,
-                format!("date_create {} is not a time", u as f64),
-            ))
-        }
+        // Past i64::MAX is no time (a float that large is rejected below as well).
+        Some(Scalar::UInt(u)) => match i64::try_from(u) {
+            Ok(_) => u,
+            Err(_) => {
+                return Err((
+                    RejectReason::BadDateCreate,
+                    format!("date_create {u} is not a time"),
+                ))
+            }
+        },
         Some(Scalar::Float(f)) => {
             if (0.0..1e15).contains(&f) {
                 f.floor() as u64
