@@ -15,7 +15,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -28,7 +28,8 @@ use crate::io::sequencer::Sequencer;
 use crate::io::source::{self, SourceError};
 use crate::model::Sequenced;
 use crate::replay::{
-    self, current_rss_bytes, heuristic_setup, peak_rss_bytes, ReplayError, ReplayOptions,
+    self, cpu_seconds, current_rss_bytes, heuristic_setup, peak_rss_bytes, ReplayError,
+    ReplayOptions,
 };
 
 /// Everything that can stop a benchmark.
@@ -124,6 +125,9 @@ pub struct LiveResult {
     pub seconds: f64,
     /// Events offered per second of feeding (the offered rate, unless the feeder fell behind).
     pub fed_rate: f64,
+    /// CPU time used over `seconds`, in cores (the feeder and the measuring thread included):
+    /// how much of the machine the offered rate takes, and so how much is left for bursts.
+    pub cpu_cores: Option<f64>,
     /// The longest a second took to become final after a later second was offered.
     pub max_final_lag_ms: f64,
     /// Whether that lag stayed under one second.
@@ -135,12 +139,16 @@ pub struct LiveResult {
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// One sample of the soak phase.
+/// One sample of the soak phase: RSS at the sample, and the decisions that left since the
+/// sample before (their latency percentiles) with the longest finalisation lag seen meanwhile,
+/// so a slow stretch can be placed in time.
 #[derive(Clone, Debug, Serialize)]
 pub struct SoakSample {
     pub elapsed_secs: f64,
     pub events: u64,
     pub rss_bytes: Option<u64>,
+    pub latency: Percentiles,
+    pub max_final_lag_ms: f64,
 }
 
 /// The soak phase's result.
@@ -151,6 +159,8 @@ pub struct SoakResult {
     pub events: u64,
     pub decisions: u64,
     pub latency: Percentiles,
+    /// CPU time used over `seconds`, in cores (as in the live phase).
+    pub cpu_cores: Option<f64>,
     pub samples: Vec<SoakSample>,
     /// The largest RSS of the second half over the largest of the first half (1.0: flat).
     pub rss_growth: Option<f64>,
@@ -270,6 +280,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
             events: run.events,
             seconds: run.seconds,
             fed_rate: run.fed_rate,
+            cpu_cores: run.cpu_cores,
             max_final_lag_ms: run.max_final_lag.as_secs_f64() * 1000.0,
             kept_up: run.max_final_lag <= Duration::from_secs(1),
             decisions: run.latencies.len() as u64,
@@ -277,7 +288,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
             peak_rss_bytes: peak_rss_bytes(),
         };
         say(&format!(
-            "live: {} events offered at {:.0} events/s; {} decisions; event -> decision p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {}; peak RSS {}",
+            "live: {} events offered at {:.0} events/s; {} decisions; event -> decision p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {}; CPU {} cores; peak RSS {}",
             result.events,
             result.fed_rate,
             result.decisions,
@@ -286,6 +297,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
             result.latency.p99_ms,
             result.latency.max_ms,
             if result.kept_up { "kept up" } else { "fell behind" },
+            cores(result.cpu_cores),
             mib(result.peak_rss_bytes)
         ));
         Some(result)
@@ -310,10 +322,14 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
                 Some((duration, options.sample_every)),
                 &mut |sample: SoakSample| {
                     say(&format!(
-                        "soak: {:>7.0} s {:>12} events, RSS {}",
+                        "soak: {:>7.0} s {:>12} events, RSS {}; since the last sample {} decisions, p99 {:.1} ms, max {:.1} ms, longest finalisation lag {:.1} ms",
                         sample.elapsed_secs,
                         sample.events,
-                        mib(sample.rss_bytes)
+                        mib(sample.rss_bytes),
+                        sample.latency.count,
+                        sample.latency.p99_ms,
+                        sample.latency.max_ms,
+                        sample.max_final_lag_ms
                     ));
                     samples.push(sample);
                 },
@@ -337,15 +353,17 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
                 events: run.events,
                 decisions: run.latencies.len() as u64,
                 latency: Percentiles::of(run.latencies),
+                cpu_cores: run.cpu_cores,
                 samples,
                 rss_growth,
             };
             say(&format!(
-                "soak: {} events in {:.0} s, {} decisions, p99 {:.1} ms; RSS second half / first half: {}",
+                "soak: {} events in {:.0} s, {} decisions, p99 {:.1} ms; CPU {} cores; RSS second half / first half: {}",
                 result.events,
                 result.seconds,
                 result.decisions,
                 result.latency.p99_ms,
+                cores(result.cpu_cores),
                 result
                     .rss_growth
                     .map_or("n/a".to_string(), |g| format!("{g:.3}"))
@@ -369,6 +387,10 @@ fn build_profile() -> &'static str {
     }
 }
 
+fn cores(cores: Option<f64>) -> String {
+    cores.map_or("n/a".to_string(), |c| format!("{c:.2}"))
+}
+
 fn mib(bytes: Option<u64>) -> String {
     bytes.map_or("n/a".to_string(), |b| format!("{} MiB", b >> 20))
 }
@@ -386,6 +408,7 @@ struct LiveRun {
     events: u64,
     seconds: f64,
     fed_rate: f64,
+    cpu_cores: Option<f64>,
     max_final_lag: Duration,
     latencies: Vec<Duration>,
 }
@@ -423,13 +446,20 @@ impl LiveSetup {
         // (event time, when its first event was offered), in time order: sent before the
         // second's events, so the receiver has it by the time the second's outputs leave.
         let (offered_tx, offered_rx) = mpsc::channel::<(u64, Instant)>();
-        let receiver = std::thread::spawn(move || measure(rx, offered_rx));
+        let measured = Arc::new(Mutex::new(Measured::default()));
+        let receiver = {
+            let measured = measured.clone();
+            std::thread::spawn(move || measure(rx, offered_rx, &measured))
+        };
+        // Decisions already reported in an earlier sample.
+        let mut sampled = 0;
         let (first, last) = match (workload.first(), workload.last()) {
             (Some(f), Some(l)) => (f.0, l.0),
             _ => return Err(BenchError::Invalid("the workload has no events".into())),
         };
         let span = last - first + 1;
         let started = Instant::now();
+        let cpu_before = cpu_seconds();
         let mut next_sample = soak.map(|(_, every)| every);
         let mut sent = 0u64;
         let mut last_time = None;
@@ -460,10 +490,18 @@ impl LiveSetup {
                 if let (Some((duration, every)), Some(at)) = (soak, next_sample.as_mut()) {
                     let elapsed = started.elapsed();
                     if elapsed >= *at {
+                        let (latency, lag) = {
+                            let mut m = measured.lock().expect("bench measurements");
+                            let latency = Percentiles::of(m.latencies[sampled..].to_vec());
+                            sampled = m.latencies.len();
+                            (latency, std::mem::take(&mut m.window_max_lag))
+                        };
                         on_sample(SoakSample {
                             elapsed_secs: elapsed.as_secs_f64(),
                             events: sent,
                             rss_bytes: current_rss_bytes(),
+                            latency,
+                            max_final_lag_ms: lag.as_secs_f64() * 1000.0,
                         });
                         *at += every;
                     }
@@ -477,16 +515,35 @@ impl LiveSetup {
         drop(offered_tx);
         live.finish()?;
         let seconds = started.elapsed().as_secs_f64();
-        let (latencies, max_final_lag) =
-            receiver.join().map_err(|_| EngineError::WorkerPanicked)?;
+        let cpu_cores = cpu_before
+            .zip(cpu_seconds())
+            .map(|(before, after)| (after - before) / seconds.max(1e-9));
+        receiver.join().map_err(|_| EngineError::WorkerPanicked)?;
+        let Measured {
+            latencies,
+            max_lag: max_final_lag,
+            ..
+        } = std::mem::take(&mut *measured.lock().expect("bench measurements"));
         Ok(LiveRun {
             events: sent,
             seconds,
             fed_rate: sent as f64 / fed_seconds.max(1e-9),
+            cpu_cores,
             max_final_lag,
             latencies,
         })
     }
+}
+
+/// What the receiver measured so far.
+#[derive(Default)]
+struct Measured {
+    /// Each decision's latency, in the order they left.
+    latencies: Vec<Duration>,
+    /// The largest finalisation lag of the run.
+    max_lag: Duration,
+    /// The largest since the soak's last sample (taken and reset by the sampler).
+    window_max_lag: Duration,
 }
 
 /// Reads the live outputs as they leave: each decision's latency from the first event of its
@@ -495,10 +552,9 @@ impl LiveSetup {
 fn measure(
     outputs: mpsc::Receiver<Output>,
     offered: mpsc::Receiver<(u64, Instant)>,
-) -> (Vec<Duration>, Duration) {
+    measured: &Mutex<Measured>,
+) {
     let mut pending: VecDeque<(u64, Instant)> = VecDeque::new();
-    let mut latencies = Vec::new();
-    let mut max_lag = Duration::ZERO;
     for output in outputs {
         let now = Instant::now();
         pending.extend(offered.try_iter());
@@ -507,7 +563,12 @@ fn measure(
                 // The latest offered second at or before the decision's.
                 let i = pending.partition_point(|(s, _)| *s <= d.decided_at);
                 if let Some((_, at)) = i.checked_sub(1).and_then(|i| pending.get(i)) {
-                    latencies.push(now.saturating_duration_since(*at));
+                    let latency = now.saturating_duration_since(*at);
+                    measured
+                        .lock()
+                        .expect("bench measurements")
+                        .latencies
+                        .push(latency);
                 }
             }
             Output::Final(t) => {
@@ -516,11 +577,13 @@ fn measure(
                     pending.pop_front();
                 }
                 if let Some((_, next)) = pending.iter().find(|(s, _)| *s > t) {
-                    max_lag = max_lag.max(now.saturating_duration_since(*next));
+                    let lag = now.saturating_duration_since(*next);
+                    let mut m = measured.lock().expect("bench measurements");
+                    m.max_lag = m.max_lag.max(lag);
+                    m.window_max_lag = m.window_max_lag.max(lag);
                 }
             }
             Output::Anomaly(_) => {}
         }
     }
-    (latencies, max_lag)
 }

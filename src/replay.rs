@@ -402,6 +402,19 @@ pub fn current_rss_bytes() -> Option<u64> {
     proc_status_bytes("VmRSS:")
 }
 
+/// CPU time this process has used so far (user and system, all threads), if known: Linux
+/// `/proc/self/stat` fields 14 and 15, in clock ticks of 1/100 s (`USER_HZ`, fixed at 100 in
+/// Linux's user-space ABI).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some((user + system) as f64 / 100.0)
+}
+
 /// A `kB` field of `/proc/self/status`, in bytes.
 fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
