@@ -17,8 +17,16 @@ use crate::model::Time;
 
 /// Moves every update to `f(record, time)`, which must be at least `time`.
 ///
-/// `f` may read the record, so each record can carry its own window or history. Each input
-/// message leaves as one message stamped with its earliest new time (each update keeps its own).
+/// `f` may read the record, so each record can carry its own window or history. The operator
+/// keeps delayed updates itself, by new time, and releases them only once its input frontier has
+/// reached that time. Handing them on at once would park them in the downstream arrangement's
+/// batcher, which merges and walks everything it holds each time it seals a batch: with a 14-day
+/// history that is every bucket of the history, at every step. Kept here, they cost one map
+/// insert each and are consolidated as they accumulate (updates to the same record at the same
+/// new time add up), so memory follows the distinct records, not the events.
+///
+/// It holds one capability, at the earliest kept time, and releases what is ready in one message
+/// under it; each update keeps its own time, never earlier than the message's.
 pub fn delay_by<'s, D, R, F>(
     collection: VecCollection<'s, Time, D, R>,
     name: &str,
@@ -29,28 +37,60 @@ where
     R: Semigroup + 'static,
     F: Fn(&D, Time) -> Time + 'static,
 {
-    let mut buffer: Vec<(D, Time, R)> = Vec::new();
     collection
         .inner
-        .unary(Pipeline, name, move |_, _| {
-            move |input, output| {
+        .unary_frontier(Pipeline, name, move |_, _| {
+            // New time -> (updates, their count after the last consolidation).
+            let mut kept: BTreeMap<Time, (Vec<(D, R)>, usize)> = BTreeMap::new();
+            let mut held: Option<Capability<Time>> = None;
+            let mut ready: Vec<(D, Time, R)> = Vec::new();
+            move |(input, frontier), output| {
+                let index = output.output_index();
                 input.for_each_stamp(|cap, data| {
+                    let mut earliest: Option<Time> = None;
                     for batch in data {
-                        buffer.extend(batch.drain(..).map(|(d, t, r)| {
+                        for (d, t, r) in batch.drain(..) {
                             let to = f(&d, t);
                             debug_assert!(to >= t, "delay_by moves time backwards");
-                            (d, to.max(t), r)
-                        }));
+                            let to = to.max(t);
+                            earliest = Some(earliest.map_or(to, |e| e.min(to)));
+                            let (updates, consolidated) = kept.entry(to).or_default();
+                            updates.push((d, r));
+                            // Amortised: consolidate when the list has doubled since the last time.
+                            if updates.len() >= 2 * (*consolidated).max(1024) {
+                                differential_dataflow::consolidation::consolidate(updates);
+                                *consolidated = updates.len();
+                            }
+                        }
                     }
-                    // One message under the earliest new time: differential updates may travel
-                    // in a message stamped earlier than their own times, and one message per
-                    // batch instead of one per distinct time keeps timely's overhead per batch.
-                    if let Some(earliest) = buffer.iter().map(|(_, t, _)| *t).min() {
-                        let cap = cap.delayed(&earliest, output.output_index());
-                        output.session(&cap).give_container(&mut buffer);
-                        buffer.clear();
+                    if let Some(earliest) = earliest {
+                        if held.as_ref().is_none_or(|h| earliest < *h.time()) {
+                            held = Some(cap.delayed(&earliest, index));
+                        }
                     }
                 });
+                // Release every kept time the input frontier has reached: no input can arrive
+                // before it any more, and what arrives at it is released on a later call.
+                while let Some(entry) = kept.first_entry() {
+                    let time = *entry.key();
+                    if frontier.less_than(&time) {
+                        break;
+                    }
+                    let (mut updates, _) = entry.remove();
+                    differential_dataflow::consolidation::consolidate(&mut updates);
+                    ready.extend(updates.into_iter().map(|(d, r)| (d, time, r)));
+                }
+                if let Some(cap) = held.as_mut() {
+                    if !ready.is_empty() {
+                        output.session(&*cap).give_container(&mut ready);
+                        ready.clear();
+                    }
+                    match kept.first_key_value() {
+                        Some((next, _)) => cap.downgrade(next),
+                        None => held = None,
+                    }
+                }
+                debug_assert!(ready.is_empty(), "delay_by: output without a capability");
             }
         })
         .as_collection()
@@ -216,5 +256,72 @@ impl PolicyView {
         self.by_scope
             .get(&Some(enterprise.to_string()))
             .or_else(|| self.by_scope.get(&None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delay_by;
+    use differential_dataflow::input::Input;
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+    use timely::dataflow::operators::{Inspect, Probe};
+
+    /// Every update leaves at its own new time with its diff (same record and new time added
+    /// up), and none leaves before the input has reached its new time (nothing waits
+    /// downstream for a future time).
+    #[test]
+    fn delayed_updates_keep_their_times_and_wait_for_the_input() {
+        timely::execute_directly(|worker| {
+            let seen: Rc<RefCell<BTreeMap<(u64, u64), isize>>> = Rc::default();
+            let input_at = Rc::new(Cell::new(0u64));
+            let early = Rc::new(Cell::new(0usize));
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (input, records) = scope.new_collection::<(u64, u64), isize>();
+                let (seen, input_at, early) = (seen.clone(), input_at.clone(), early.clone());
+                let probe = delay_by(records, "TestDelay", |(_, delay), t| t + delay)
+                    .inner
+                    .inspect(move |((record, _), time, diff)| {
+                        if *time > input_at.get() {
+                            early.set(early.get() + 1);
+                        }
+                        *seen.borrow_mut().entry((*record, *time)).or_default() += *diff;
+                    })
+                    .probe()
+                    .0;
+                (input, probe)
+            });
+            let mut expected: BTreeMap<(u64, u64), isize> = BTreeMap::new();
+            for t in 0..200u64 {
+                input.advance_to(t);
+                input_at.set(t);
+                // Three records per time with delays 0, 7 and 50, one inserted twice, and a
+                // retraction that cancels a later insertion of the same record at the same
+                // new time.
+                for (record, delay, diff) in [(t % 5, 0, 1), (t % 3, 7, 2), (t % 4, 50, 1)] {
+                    input.update((record, delay), diff);
+                    *expected.entry((record, t + delay)).or_default() += diff;
+                }
+                if t >= 10 {
+                    input.update((t % 3, 7), -2);
+                    *expected.entry((t % 3, t + 7)).or_default() -= 2;
+                }
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+            }
+            input.close();
+            input_at.set(u64::MAX);
+            while worker.step() {}
+            expected.retain(|_, d| *d != 0);
+            let mut seen = seen.borrow().clone();
+            seen.retain(|_, d| *d != 0);
+            assert_eq!(seen, expected);
+            assert_eq!(
+                early.get(),
+                0,
+                "updates released before the input reached them"
+            );
+        });
     }
 }
