@@ -150,12 +150,12 @@ proptest! {
         let live_counts: BTreeMap<_, _> = state
             .counts
             .iter()
-            .flat_map(|(e, m)| m.iter().map(move |((shape, key), n)| ((e.clone(), *shape, key.clone()), *n)))
+            .flat_map(|(e, m)| m.iter().map(move |((shape, key), n)| ((e.to_string(), *shape, key.to_string()), *n)))
             .collect();
         let live_baselines: BTreeMap<_, _> = state
             .baselines
             .iter()
-            .flat_map(|(e, m)| m.iter().map(move |(shape, rb)| ((e.clone(), *shape), rb.clone())))
+            .flat_map(|(e, m)| m.iter().map(move |(shape, rb)| ((e.to_string(), *shape), rb.clone())))
             .collect();
         prop_assert_eq!(live_counts, counts);
         prop_assert_eq!(live_baselines, baselines);

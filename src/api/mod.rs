@@ -693,10 +693,14 @@ async fn aggregates(
     may_read(&state, &headers, &enterprise)?;
     let (rules, live) = live_view(&state)?;
     let live = live.lock().expect("live state");
-    let baselines = live.baselines.get(&enterprise);
+    let baselines = live.baselines.get(enterprise.as_str());
     let mut items = Vec::new();
-    for ((shape, key), count) in live.counts.get(&enterprise).into_iter().flatten() {
-        if filter.key.as_ref().is_some_and(|k| k != key) {
+    for ((shape, key), count) in live.counts.get(enterprise.as_str()).into_iter().flatten() {
+        if filter
+            .key
+            .as_ref()
+            .is_some_and(|k| k.as_str() != key.as_str())
+        {
             continue;
         }
         let Some(rule) = rules.get(shape) else {
@@ -731,7 +735,7 @@ async fn baselines(
     may_read(&state, &headers, &enterprise)?;
     let (rules, live) = live_view(&state)?;
     let live = live.lock().expect("live state");
-    let baselines = live.baselines.get(&enterprise);
+    let baselines = live.baselines.get(enterprise.as_str());
     let items = rules
         .iter()
         .map(|(shape, rule)| {

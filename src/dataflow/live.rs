@@ -56,18 +56,19 @@ pub enum StateUpdate {
 #[derive(Clone, Debug, Default)]
 pub struct LiveState {
     pub as_of: Option<Time>,
-    /// enterprise -> (shape, key) -> count in the current window.
-    pub counts: BTreeMap<String, BTreeMap<(ShapeId, String), u64>>,
+    /// enterprise -> (shape, key) -> count in the current window. Keyed by the interned text
+    /// the dataflow already holds: applying an update allocates nothing (every counted event
+    /// changes a count, and this runs on worker 0).
+    pub counts: BTreeMap<ArcStr, BTreeMap<(ShapeId, ArcStr), u64>>,
     /// enterprise -> shape -> (the rule in force, its baseline).
-    pub baselines: BTreeMap<String, BTreeMap<ShapeId, (Rule, Baseline)>>,
+    pub baselines: BTreeMap<ArcStr, BTreeMap<ShapeId, (Rule, Baseline)>>,
 }
 
 impl LiveState {
     fn apply(&mut self, update: StateUpdate, diff: isize) {
         match update {
             StateUpdate::Count((enterprise, shape, key), n) => {
-                let counts = self.counts.entry(enterprise.to_string()).or_default();
-                let key = key.to_string();
+                let counts = self.counts.entry(enterprise).or_default();
                 if diff > 0 {
                     counts.insert((shape, key), n);
                 } else if counts.get(&(shape, key.clone())) == Some(&n) {
@@ -75,7 +76,7 @@ impl LiveState {
                 }
             }
             StateUpdate::Baseline((enterprise, shape, rule), baseline) => {
-                let baselines = self.baselines.entry(enterprise.to_string()).or_default();
+                let baselines = self.baselines.entry(enterprise).or_default();
                 if diff > 0 {
                     baselines.insert(shape, (rule, baseline));
                 } else if baselines.get(&shape) == Some(&(rule, baseline)) {
