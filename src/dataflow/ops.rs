@@ -80,20 +80,26 @@ where
                     differential_dataflow::consolidation::consolidate(&mut updates);
                     ready.extend(updates.into_iter().map(|(d, r)| (d, time, r)));
                 }
-                if let Some(cap) = held.as_mut() {
+                if let Some(cap) = held.as_ref() {
                     if !ready.is_empty() {
-                        output.session(&*cap).give_container(&mut ready);
+                        output.session(cap).give_container(&mut ready);
                         ready.clear();
                     }
-                    match kept.first_key_value() {
-                        Some((next, _)) => cap.downgrade(next),
-                        None => held = None,
-                    }
                 }
+                hold_at(&mut held, kept.keys().next());
                 debug_assert!(ready.is_empty(), "delay_by: output without a capability");
             }
         })
         .as_collection()
+}
+
+/// Moves an operator's one held capability to `next`, the earliest time it still keeps, or drops
+/// it when it keeps nothing (its output frontier may then pass everything).
+fn hold_at(held: &mut Option<Capability<Time>>, next: Option<&Time>) {
+    match (held.as_mut(), next) {
+        (Some(cap), Some(next)) => cap.downgrade(next),
+        _ => *held = None,
+    }
 }
 
 /// What [`ordered_binary`] hands its logic for one time: the updates of each input at that time.
@@ -171,16 +177,13 @@ where
             }
             // Everything ready leaves in one message under the held capability (its time is
             // at or before every time processed); then the capability moves to what is left.
-            if let Some(cap) = held.as_mut() {
+            if let Some(cap) = held.as_ref() {
                 if !produced.is_empty() {
-                    output.session(&*cap).give_container(&mut produced);
+                    output.session(cap).give_container(&mut produced);
                     produced.clear();
                 }
-                match pending.first_key_value() {
-                    Some((next, _)) => cap.downgrade(next),
-                    None => held = None,
-                }
             }
+            hold_at(&mut held, pending.keys().next());
             // Every message in this graph carries a capability, so nothing is ever ready
             // without one to send it under.
             debug_assert!(
