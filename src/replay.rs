@@ -402,12 +402,16 @@ pub fn current_rss_bytes() -> Option<u64> {
     proc_status_bytes("VmRSS:")
 }
 
-/// CPU time this process has used so far (user and system, all threads), if known: Linux
-/// `/proc/self/stat` fields 14 and 15, in clock ticks of 1/100 s (`USER_HZ`, fixed at 100 in
-/// Linux's user-space ABI).
+/// CPU time this process has used so far (user and system, all threads), if known.
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// Fields 14 and 15 (utime, stime) of a `/proc/<pid>/stat` line, in seconds. They count clock
+/// ticks of `USER_HZ`, which is 100 on x86 and arm Linux.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name (field 2) is in parentheses and may hold spaces and parentheses: count
+    // from after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(11);
     let user: u64 = fields.next()?.parse().ok()?;
@@ -421,4 +425,21 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cpu_seconds, stat_cpu_seconds};
+
+    #[test]
+    fn cpu_time_is_read_after_the_command_name() {
+        // A command name with a space and a ')' of its own; utime 250 and stime 31 ticks.
+        let line =
+            "4242 (aer (x) y) R 1 4242 4242 0 -1 4194560 900 0 0 0 250 31 0 0 20 0 3 0 100 1000 50";
+        assert_eq!(stat_cpu_seconds(line), Some(2.81));
+        assert_eq!(stat_cpu_seconds("4242 aer R 1"), None);
+        assert_eq!(stat_cpu_seconds("4242 (aer) R 1 2 3"), None);
+        // This process's own line parses.
+        assert!(cpu_seconds().is_some());
+    }
 }

@@ -5,6 +5,7 @@
 //! time every answer built from the outputs is consistent at.
 
 use std::cell::RefCell;
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -71,8 +72,10 @@ impl LiveState {
                 let counts = self.counts.entry(enterprise).or_default();
                 if diff > 0 {
                     counts.insert((shape, key), n);
-                } else if counts.get(&(shape, key.clone())) == Some(&n) {
-                    counts.remove(&(shape, key));
+                } else if let Entry::Occupied(e) = counts.entry((shape, key)) {
+                    if *e.get() == n {
+                        e.remove();
+                    }
                 }
             }
             StateUpdate::Baseline((enterprise, shape, rule), baseline) => {

@@ -299,16 +299,24 @@ mod tests {
             for t in 0..200u64 {
                 input.advance_to(t);
                 input_at.set(t);
-                // Three records per time with delays 0, 7 and 50, one inserted twice, and a
-                // retraction that cancels a later insertion of the same record at the same
-                // new time.
+                // Records with delays 0, 7 and 50; every third time, a retraction that cancels
+                // the delay-7 record.
                 for (record, delay, diff) in [(t % 5, 0, 1), (t % 3, 7, 2), (t % 4, 50, 1)] {
                     input.update((record, delay), diff);
                     *expected.entry((record, t + delay)).or_default() += diff;
                 }
-                if t >= 10 {
+                if t % 3 == 0 {
                     input.update((t % 3, 7), -2);
                     *expected.entry((t % 3, t + 7)).or_default() -= 2;
+                }
+                // Many updates to few records that all move to the end of their 64-second
+                // bucket (as `BucketClose` does): over 2,048 per new time, so the kept list is
+                // consolidated as it grows, with insertions and retractions interleaved.
+                for i in 0..60u64 {
+                    let record = 100 + (t + i) % 7;
+                    let diff = if i % 3 == 2 { -1 } else { 1 };
+                    input.update((record, 64 * (t / 64 + 1) - t), diff);
+                    *expected.entry((record, 64 * (t / 64 + 1))).or_default() += diff;
                 }
                 input.flush();
                 worker.step_while(|| probe.less_than(input.time()));
