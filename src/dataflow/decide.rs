@@ -13,7 +13,7 @@ use timely::dataflow::Stream;
 
 use super::ops::{ordered_binary, PolicyView};
 use crate::model::decision::{Decision, Policy, PolicyScope, UserFold, LOOP_HORIZON};
-use crate::model::{Anomaly, ArcStr, Event, Time};
+use crate::model::{Anomaly, ArcStr, SharedEvent, Time};
 
 /// What the fold reads per (enterprise, user).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -40,12 +40,15 @@ struct SessionSeen {
 
 /// Builds the decision stage; returns the decisions, each at its anomaly's time.
 pub fn decide<'s>(
-    events: VecCollection<'s, Time, Event, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     anomalies: VecCollection<'s, Time, Anomaly, isize>,
     policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
     session_expiry: u64,
 ) -> Stream<'s, Time, Vec<(Decision, Time, isize)>> {
-    let seen = events.flat_map(|e| e.session.map(|s| FoldInput::Seen(e.enterprise, e.user, s)));
+    let seen = events.flat_map(|e| {
+        let s = e.session.clone()?;
+        Some(FoldInput::Seen(e.enterprise.clone(), e.user.clone(), s))
+    });
     let folded = seen.concat(anomalies.map(|a| FoldInput::Anomaly(Box::new(a))));
 
     let mut policies_now = PolicyView::default();

@@ -19,7 +19,7 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use super::ops::{ordered_binary, Contents};
 use crate::model::client::{client_family, fingerprint_net, novelty_prefix, Finding};
-use crate::model::{Anomaly, ArcStr, Event, HeuristicParams, Time};
+use crate::model::{Anomaly, ArcStr, Event, HeuristicParams, SharedEvent, Time};
 
 #[derive(Default)]
 struct Run {
@@ -126,7 +126,7 @@ fn seen_within<K: std::hash::Hash + Eq>(
 /// Builds the heuristic detectors. `state_size` records the largest state (entries) any worker
 /// held, for tests and metrics.
 pub fn detect<'s>(
-    events: VecCollection<'s, Time, Event, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     tor: VecCollection<'s, Time, String, isize>,
     params: HeuristicParams,
     state_size: Arc<AtomicUsize>,
@@ -140,13 +140,13 @@ pub fn detect<'s>(
     ordered_binary(
         events.inner,
         tor.inner.broadcast(),
-        Exchange::new(|(e, _, _): &(Event, Time, isize)| (&e.enterprise, &e.user).hashed()),
+        Exchange::new(|(e, _, _): &(SharedEvent, Time, isize)| (&e.enterprise, &e.user).hashed()),
         Pipeline,
         "Heuristics",
         move |at, out| {
             let now = at.time;
             tor_set.apply(at.right);
-            let mut events: Vec<Event> = at
+            let mut events: Vec<SharedEvent> = at
                 .left
                 .into_iter()
                 .filter(|(_, d)| *d > 0)

@@ -330,7 +330,9 @@ impl Feed {
                     self.now = at;
                     self.inputs.advance_to(at);
                 }
-                self.inputs.events.insert(event);
+                self.inputs
+                    .events
+                    .insert(crate::model::SharedEvent::new(event));
             }
             Command::Advance(to) => {
                 if to > self.now {

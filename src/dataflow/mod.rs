@@ -21,7 +21,7 @@ use timely::worker::Worker;
 pub use cluster::{Cluster, ClusterError, Placement};
 
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
-use crate::model::{Anomaly, Event, EventChunks, HeuristicParams, Rule, Time};
+use crate::model::{Anomaly, EventChunks, HeuristicParams, Rule, SharedEvent, Time};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -121,7 +121,7 @@ enum Change<'a> {
 
 /// Worker 0's inputs, advanced together.
 pub(crate) struct Inputs {
-    events: InputSession<Time, Event, isize>,
+    events: InputSession<Time, SharedEvent, isize>,
     rules: InputSession<Time, Rule, isize>,
     policies: InputSession<Time, (PolicyScope, Policy), isize>,
     tor: InputSession<Time, String, isize>,
@@ -392,7 +392,7 @@ pub fn run_placed(
                 now = at;
                 inputs.advance_to(now);
             }
-            inputs.events.insert(event);
+            inputs.events.insert(SharedEvent::new(event));
             fed += 1;
             if fed.is_multiple_of(WORKER_BATCH) {
                 inputs.flush();

@@ -8,13 +8,13 @@ use timely::dataflow::operators::vec::Broadcast;
 
 use super::ops::{ordered_binary, PolicyView};
 use crate::model::decision::{Policy, PolicyScope};
-use crate::model::{Event, Time};
+use crate::model::{SharedEvent, Time};
 
 /// The events no allow-list in force at their time trusts.
 pub fn screen<'s>(
-    events: VecCollection<'s, Time, Event, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
-) -> VecCollection<'s, Time, Event, isize> {
+) -> VecCollection<'s, Time, SharedEvent, isize> {
     let mut policies_now = PolicyView::default();
     ordered_binary(
         events.inner,

@@ -15,7 +15,7 @@ use timely::dataflow::Stream;
 
 use super::ops::{delay_by, ordered_binary, Contents};
 use crate::model::{
-    explain_threshold, Anomaly, ArcStr, Baseline, Event, Evidence, Rule, ShapeId, Time,
+    explain_threshold, Anomaly, ArcStr, Baseline, Evidence, Rule, ShapeId, SharedEvent, Time,
 };
 
 /// A counting key: (enterprise, rule shape, group key).
@@ -60,7 +60,7 @@ pub struct ThresholdState<'s> {
 }
 
 pub fn detect<'s>(
-    events: VecCollection<'s, Time, Event, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> VecCollection<'s, Time, Anomaly, isize> {
     detect_with_state(events, rules).0
@@ -68,7 +68,7 @@ pub fn detect<'s>(
 
 /// [`detect`], also returning the live counts and baselines.
 pub fn detect_with_state<'s>(
-    events: VecCollection<'s, Time, Event, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> (VecCollection<'s, Time, Anomaly, isize>, ThresholdState<'s>) {
     let matched = match_rules(events, rules.clone());
@@ -202,7 +202,7 @@ pub fn detect_with_state<'s>(
 /// Matches each event against the rules in force at its time (an as-of join): the rules
 /// collection is broadcast, and a time's events are matched once both inputs have passed it.
 fn match_rules<'s>(
-    events: VecCollection<'s, Time, Event, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> VecCollection<'s, Time, (CKey, Counted), isize> {
     let mut in_force: Contents<Rule> = Contents::default();

@@ -41,6 +41,12 @@ pub struct Event {
     pub asn: Option<u32>,
 }
 
+/// An event as it travels the dataflow: shared, so that handing it to several operators (and
+/// dropping those copies) touches one reference count instead of one per text field. The text
+/// fields are interned and shared by many events, so their counts are hot across workers.
+/// Serialized as the event itself (serde's `rc` feature): a copy per process, never a pointer.
+pub type SharedEvent = std::sync::Arc<Event>;
+
 /// An event as the engines see it: the time it is processed at (its `date_create`, or the
 /// watermark when it arrived late, DESIGN 3) and the event.
 pub type Sequenced = (Time, Event);
