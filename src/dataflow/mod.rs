@@ -164,7 +164,8 @@ pub(crate) fn build(
         let (policies_in, policies) = scope.new_collection();
         let (tor_in, tor) = scope.new_collection();
         let screened = screen::screen(events.clone(), policies.clone());
-        let (threshold, state) = threshold::detect_with_state(screened.clone(), rules);
+        let (threshold, state) =
+            threshold::detect_with_state(screened.clone(), rules, on_state.is_some());
         let anomalies = threshold.concat(heuristics::detect(screened, tor, heuristics, state_max));
         let probe = ProbeHandle::new();
         if let Some(sink) = on_state {

@@ -63,29 +63,34 @@ pub fn detect<'s>(
     events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> VecCollection<'s, Time, Anomaly, isize> {
-    detect_with_state(events, rules).0
+    detect_with_state(events, rules, false).0
 }
 
-/// [`detect`], also returning the live counts and baselines.
+/// [`detect`], also returning the live baselines, and the live window counts when `with_counts`
+/// is set (otherwise that collection stays empty: a replay has no use for it).
 pub fn detect_with_state<'s>(
     events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
+    with_counts: bool,
 ) -> (VecCollection<'s, Time, Anomaly, isize>, ThresholdState<'s>) {
     let matched = match_rules(events, rules.clone());
 
     // Rule parameters by shape: a rule is in force while its shape has an entry here.
     let params = rules
+        .clone()
         .map(|rule| (rule.shape(), rule))
         .arrange_by_key_named("RuleParams");
 
-    // Live counts c(k, t): each counted event is present for [t, t + W).
+    // Live counts c(k, t): each counted event is present for [t, t + W). Counted, and kept only
+    // where some rule of the key's shape could find them over its threshold (no threshold is
+    // below min(floor, default)), in one operator: see [`window_counts`].
     let entering = matched.clone().map(|(key, c)| (key, c.window));
     let leaving = delay_by(entering.clone().negate(), "WindowExpiry", |(_, w), t| t + w);
-    let counts = entering
-        .concat(leaving)
-        .map(|(key, _)| key)
-        .arrange_by_self_named("LiveWindow")
-        .count_total();
+    let (counts, high) = window_counts(
+        entering.concat(leaving).map(|(key, _)| key),
+        rules,
+        with_counts,
+    );
 
     // Baseline buckets: the count of key k in bucket [bW, (b+1)W) is present for
     // [(b+1)W, (b+1)W + H).
@@ -132,20 +137,6 @@ pub fn detect_with_state<'s>(
             ));
         });
 
-    // Counts that could be over some threshold of their rule (no threshold is below
-    // min(floor, default)); everything else stops here.
-    let counts_out = counts.clone();
-    let high = counts
-        .map(|(key, c)| (key.1, (key.0, key.2, c as u64)))
-        .arrange_by_key_named("CountsByShape")
-        .join_core(params, |shape, (enterprise, group, c), rule| {
-            (*c > rule.eval.lowest_threshold()).then(|| {
-                (
-                    (enterprise.clone(), *shape, rule.clone()),
-                    (group.clone(), *c),
-                )
-            })
-        });
     let baselines_out = baselines.clone();
     let high_arranged = high.clone().arrange_by_key_named("HighCounts");
     let baselines_arranged = baselines.clone().arrange_by_key_named("Baselines");
@@ -193,10 +184,134 @@ pub fn detect_with_state<'s>(
     let over = over_dynamic.concat(over_default);
 
     let state = ThresholdState {
-        counts: counts_out,
+        counts,
         baselines: baselines_out,
     };
     (episodes(over, matched).as_collection(), state)
+}
+
+/// A key's rule-independent part and a rule in force for its shape: what `high` counts are keyed by.
+type RuleKey = (ArcStr, ShapeId, Rule);
+
+/// What [`window_counts`] emits: a key's window count, and a count that may be over a threshold.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum WindowOut {
+    Count(CKey, isize),
+    High(RuleKey, (ArcStr, u64)),
+}
+
+/// The live window counts, and the "high" counts: for each rule in force of the key's shape,
+/// ((enterprise, shape, rule), (group, count)) while the count is over the rule's lowest possible
+/// threshold. The same collections as `arrange_by_self` + `count_total` on the window updates,
+/// then a `join_core` of the counts arranged by shape with the rules arranged by shape and a
+/// filter, computed in one ordered operator. That pipeline kept two arrangements of every count
+/// change (four updates per counted event) only to drop all but a few at the filter: a quarter of
+/// a replay's engine time. Here a map holds each key's count while it is not zero.
+///
+/// The counts are exact per time: a time's updates are applied together, once both inputs have
+/// passed it, in time order (see [`ordered_binary`]). When the rules change at a time, every key's
+/// high records under the old rules are retracted and those under the new rules inserted; a time's
+/// output is consolidated, so what did not change cancels. Rules are a set (`replace` keeps each
+/// once), so each rule joins with multiplicity one, as the join did.
+#[allow(clippy::type_complexity)]
+fn window_counts<'s>(
+    updates: VecCollection<'s, Time, CKey, isize>,
+    rules: VecCollection<'s, Time, Rule, isize>,
+    with_counts: bool,
+) -> (
+    VecCollection<'s, Time, (CKey, isize), isize>,
+    VecCollection<'s, Time, (RuleKey, (ArcStr, u64)), isize>,
+) {
+    type ByShape = HashMap<ShapeId, Vec<Rule>>;
+    fn by_shape(rules: &Contents<Rule>) -> ByShape {
+        let mut map = ByShape::new();
+        for rule in rules.present() {
+            map.entry(rule.shape()).or_default().push(rule.clone());
+        }
+        map
+    }
+    // The high records of `key` at `count` under `rules`, with difference `diff`.
+    fn high(
+        out: &mut Vec<((RuleKey, (ArcStr, u64)), isize)>,
+        rules: &ByShape,
+        key: &CKey,
+        count: isize,
+        diff: isize,
+    ) {
+        if count == 0 {
+            return;
+        }
+        // As the join read count_total's output: the count as u64.
+        let c = count as u64;
+        for rule in rules.get(&key.1).into_iter().flatten() {
+            if c > rule.eval.lowest_threshold() {
+                out.push((
+                    ((key.0.clone(), key.1, rule.clone()), (key.2.clone(), c)),
+                    diff,
+                ));
+            }
+        }
+    }
+    let mut in_force: Contents<Rule> = Contents::default();
+    let mut rules_now = ByShape::new();
+    let mut counts: foldhash::HashMap<CKey, isize> = foldhash::HashMap::default();
+    let mut highs: Vec<((RuleKey, (ArcStr, u64)), isize)> = Vec::new();
+    let out = ordered_binary(
+        updates.inner,
+        rules.inner.broadcast(),
+        Exchange::new(|(key, _, _): &(CKey, Time, isize)| key.hashed()),
+        Pipeline,
+        "WindowCounts",
+        move |at, out| {
+            let time = at.time;
+            if in_force.apply(at.right) {
+                let new = by_shape(&in_force);
+                // Every key's high records move from the old rules to the new ones.
+                for (key, count) in &counts {
+                    high(&mut highs, &rules_now, key, *count, -1);
+                    high(&mut highs, &new, key, *count, 1);
+                }
+                rules_now = new;
+            }
+            let mut deltas = at.left;
+            differential_dataflow::consolidation::consolidate(&mut deltas);
+            for (key, delta) in deltas {
+                let old = counts.get(&key).copied().unwrap_or(0);
+                let new = old + delta;
+                high(&mut highs, &rules_now, &key, old, -1);
+                high(&mut highs, &rules_now, &key, new, 1);
+                if with_counts {
+                    if old != 0 {
+                        out.push((WindowOut::Count(key.clone(), old), time, -1));
+                    }
+                    if new != 0 {
+                        out.push((WindowOut::Count(key.clone(), new), time, 1));
+                    }
+                }
+                if new == 0 {
+                    counts.remove(&key);
+                } else {
+                    counts.insert(key, new);
+                }
+            }
+            differential_dataflow::consolidation::consolidate(&mut highs);
+            out.extend(
+                highs
+                    .drain(..)
+                    .map(|((k, v), diff)| (WindowOut::High(k, v), time, diff)),
+            );
+        },
+    )
+    .as_collection();
+    let counts = out.clone().flat_map(|o| match o {
+        WindowOut::Count(key, count) => Some((key, count)),
+        WindowOut::High(..) => None,
+    });
+    let high = out.flat_map(|o| match o {
+        WindowOut::High(key, value) => Some((key, value)),
+        WindowOut::Count(..) => None,
+    });
+    (counts, high)
 }
 
 /// Matches each event against the rules in force at its time (an as-of join): the rules
