@@ -175,6 +175,53 @@ fn intern(text: &str) -> ArcStr {
     })
 }
 
+/// How many distinct enterprise ids, actions and user ids the process makes permanent (see
+/// [`intern_permanent`]); past it they are interned as other text is. At most a few MB leaked.
+const PERMANENT_CAPACITY: usize = 1 << 16;
+
+/// Texts made permanent so far, process-wide.
+static PERMANENT_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+thread_local! {
+    static PERMANENT: std::cell::RefCell<std::collections::HashSet<ArcStr>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// The shared copy of an enterprise id, an action or a user id: few values, each carried by many
+/// events. Reference-counted copies would have both workers writing the same few counters for
+/// every clone and drop of every event (dropping events was the top of the workers' profile),
+/// so the first [`PERMANENT_CAPACITY`] distinct values are made static (`ArcStr::leak`: never
+/// freed, and clones and drops no longer touch a count). The bound is process-wide, so input
+/// with ever new values cannot grow the leak past it: the rest are interned as usual. Equality,
+/// order and hashing are the text's either way, so no result depends on which copies are static.
+fn intern_permanent(text: &str) -> ArcStr {
+    PERMANENT
+        .with_borrow_mut(|set| permanent_in(set, &PERMANENT_MADE, PERMANENT_CAPACITY, text))
+        .unwrap_or_else(|| intern(text))
+}
+
+/// [`intern_permanent`] over a given set and count: the static copy of `text`, or `None` once
+/// `made` has reached `capacity`.
+fn permanent_in(
+    set: &mut std::collections::HashSet<ArcStr>,
+    made: &std::sync::atomic::AtomicUsize,
+    capacity: usize,
+    text: &str,
+) -> Option<ArcStr> {
+    use std::sync::atomic::Ordering;
+    if let Some(shared) = set.get(text) {
+        return Some(shared.clone());
+    }
+    made.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+        (n < capacity).then_some(n + 1)
+    })
+    .ok()?;
+    let shared = ArcStr::from(text);
+    shared.leak();
+    set.insert(shared.clone());
+    Some(shared)
+}
+
 /// Parses `"2022-07-28 16:48:14"` (UTC; `T` instead of the space, fractional seconds and a
 /// trailing `Z` or RFC 3339 offset are accepted too) into unix seconds.
 pub fn parse_date(text: &str) -> Option<Time> {
@@ -329,7 +376,7 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         },
     };
     let action = match raw.action {
-        Some(a) if !a.is_empty() => intern(&a),
+        Some(a) if !a.is_empty() => intern_permanent(&a),
         _ => return Err((RejectReason::MissingAction, "no action".to_string())),
     };
     let user = raw
@@ -338,7 +385,7 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         .and_then(|u| u.id)
         .map(Scalar::into_text)
         .filter(|u| !u.is_empty())
-        .map(|u| intern(&u))
+        .map(|u| intern_permanent(&u))
         .ok_or((
             RejectReason::MissingActorUser,
             "no actor.user.id".to_string(),
@@ -349,7 +396,7 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         .and_then(|l| l.id)
         .map(Scalar::into_text)
         .filter(|e| !e.is_empty())
-        .map(|e| intern(&e))
+        .map(|e| intern_permanent(&e))
         .ok_or((
             RejectReason::MissingLocation,
             "no context.location.id".to_string(),
@@ -377,6 +424,30 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Permanent copies are static and shared, equal to their text, and stop at the capacity:
+    /// past it nothing more is leaked, and what was made stays shared.
+    #[test]
+    fn permanent_texts_are_static_shared_and_bounded() {
+        let made = std::sync::atomic::AtomicUsize::new(0);
+        let mut set = std::collections::HashSet::new();
+        let e1 = permanent_in(&mut set, &made, 2, "E1").expect("under capacity");
+        assert!(ArcStr::is_static(&e1));
+        assert_eq!(e1, "E1");
+        let again = permanent_in(&mut set, &made, 2, &String::from("E1")).expect("known");
+        assert!(ArcStr::ptr_eq(&e1, &again));
+        assert!(permanent_in(&mut set, &made, 2, "file_downloaded").is_some());
+        assert_eq!(permanent_in(&mut set, &made, 2, "W0123"), None);
+        assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(permanent_in(&mut set, &made, 2, "E1").is_some());
+        // Decoded events carry such copies, and compare as their text does.
+        let (events, _) = decode(
+            r#"{"id":"x","date_create":5,"action":"file_downloaded","actor":{"user":{"id":"W1"}},"context":{"location":{"id":"E9"}}}"#,
+        );
+        assert!(ArcStr::is_static(&events[0].enterprise));
+        assert!(ArcStr::is_static(&events[0].action));
+        assert_eq!(events[0].enterprise, ArcStr::from("E9"));
+    }
 
     fn decode(text: &str) -> (Vec<Event>, Vec<Reject>) {
         let (mut e, mut r) = (Vec::new(), Vec::new());
