@@ -193,6 +193,9 @@ pub fn detect_with_state<'s>(
 /// A key's rule-independent part and a rule in force for its shape: what `high` counts are keyed by.
 type RuleKey = (ArcStr, ShapeId, Rule);
 
+/// A "high" count: ((enterprise, shape, rule), (group, count)).
+type HighCount = (RuleKey, (ArcStr, u64));
+
 /// What [`window_counts`] emits: a key's window count, and a count that may be over a threshold.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum WindowOut {
@@ -220,7 +223,7 @@ fn window_counts<'s>(
     with_counts: bool,
 ) -> (
     VecCollection<'s, Time, (CKey, isize), isize>,
-    VecCollection<'s, Time, (RuleKey, (ArcStr, u64)), isize>,
+    VecCollection<'s, Time, HighCount, isize>,
 ) {
     type ByShape = HashMap<ShapeId, Vec<Rule>>;
     fn by_shape(rules: &Contents<Rule>) -> ByShape {
@@ -232,7 +235,7 @@ fn window_counts<'s>(
     }
     // The high records of `key` at `count` under `rules`, with difference `diff`.
     fn high(
-        out: &mut Vec<((RuleKey, (ArcStr, u64)), isize)>,
+        out: &mut Vec<(HighCount, isize)>,
         rules: &ByShape,
         key: &CKey,
         count: isize,
@@ -254,8 +257,8 @@ fn window_counts<'s>(
     }
     let mut in_force: Contents<Rule> = Contents::default();
     let mut rules_now = ByShape::new();
-    let mut counts: foldhash::HashMap<CKey, isize> = foldhash::HashMap::default();
-    let mut highs: Vec<((RuleKey, (ArcStr, u64)), isize)> = Vec::new();
+    let mut counts: HashMap<CKey, isize> = HashMap::new();
+    let mut highs: Vec<(HighCount, isize)> = Vec::new();
     let out = ordered_binary(
         updates.inner,
         rules.inner.broadcast(),

@@ -187,7 +187,7 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashSet::new());
 }
 
-/// The shared copy of an enterprise id, an action or a user id: few values, each carried by many
+/// The shared copy of an enterprise id, an action or a user id: values each carried by many
 /// events. Reference-counted copies would have both workers writing the same few counters for
 /// every clone and drop of every event (dropping events was the top of the workers' profile),
 /// so the first [`PERMANENT_CAPACITY`] distinct values are made static (`ArcStr::leak`: never

@@ -116,10 +116,7 @@ impl Sequencer {
     pub fn sort_all(mut blocks: Vec<Vec<Event>>) -> (EventChunks, SequencerStats) {
         let total: usize = blocks.iter().map(Vec::len).sum();
         let keep: Vec<Vec<bool>> = {
-            // foldhash, randomly seeded per process, as the heuristics memo: SipHash was 2% of a
-            // replay's CPU here, one hash per event.
-            let mut seen: foldhash::HashSet<&str> =
-                foldhash::HashSet::with_capacity_and_hasher(total, Default::default());
+            let mut seen: HashSet<&str> = HashSet::with_capacity(total);
             blocks
                 .iter()
                 .map(|block| block.iter().map(|e| seen.insert(e.id.as_str())).collect())
