@@ -66,9 +66,9 @@ pub fn decide<'s>(
         "DecisionFold",
         move |at, out| {
             let now = at.time;
-            policies_now.apply(at.right);
+            policies_now.apply(at.right.drain(..));
             let mut anomalies = Vec::new();
-            for (input, diff) in at.left {
+            for (input, diff) in at.left.drain(..) {
                 if diff <= 0 {
                     continue;
                 }

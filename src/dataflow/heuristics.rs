@@ -145,10 +145,10 @@ pub fn detect<'s>(
         "Heuristics",
         move |at, out| {
             let now = at.time;
-            tor_set.apply(at.right);
+            tor_set.apply(at.right.drain(..));
             let mut events: Vec<SharedEvent> = at
                 .left
-                .into_iter()
+                .drain(..)
                 .filter(|(_, d)| *d > 0)
                 .map(|(e, _)| e)
                 .collect();

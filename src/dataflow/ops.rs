@@ -102,14 +102,22 @@ fn hold_at(held: &mut Option<Capability<Time>>, next: Option<&Time>) {
     }
 }
 
-/// What [`ordered_binary`] hands its logic for one time: the updates of each input at that time.
-pub struct AtTime<D1, R1, D2, R2> {
+/// What [`ordered_binary`] hands its logic for one time: the updates of each input at that time,
+/// in the order they arrived. The logic may drain them; they are cleared after the call either
+/// way (the buffers are the operator's own, reused from one time to the next).
+pub struct AtTime<'a, D1, R1, D2, R2> {
     pub time: Time,
-    pub left: Vec<(D1, R1)>,
-    pub right: Vec<(D2, R2)>,
+    pub left: &'a mut Vec<(D1, R1)>,
+    pub right: &'a mut Vec<(D2, R2)>,
 }
 
-type Pending<D1, R1, D2, R2> = BTreeMap<Time, (Vec<(D1, R1)>, Vec<(D2, R2)>)>;
+/// Sorts updates by time, keeping the arrival order within a time (a stable sort, skipped when
+/// they are already in order, as they nearly always are: each input arrives in time order).
+fn sort_by_time<D, R>(updates: &mut [(D, Time, R)]) {
+    if !updates.is_sorted_by_key(|(_, t, _)| *t) {
+        updates.sort_by_key(|(_, t, _)| *t);
+    }
+}
 
 /// A binary operator over two update streams that calls `logic` once per time that has data, in
 /// increasing time order, only after both input frontiers have passed that time. Its output for a
@@ -119,6 +127,10 @@ type Pending<D1, R1, D2, R2> = BTreeMap<Time, (Vec<(D1, R1)>, Vec<(D2, R2)>)>;
 /// It holds one capability, at the earliest pending time, and sends everything made ready by one
 /// activation in one message under it: timely's cost then follows the batches, not the number of
 /// distinct seconds (updates carry their own times, which are never earlier than the message's).
+///
+/// Pending updates wait in one flat list per input, in arrival order, sorted by time (stably)
+/// when they are released; nearly every event has a second of its own, and a map entry and two
+/// lists per second cost a few allocations per event in each of the graph's ordered operators.
 pub fn ordered_binary<'s, D1, R1, D2, R2, O, P1, P2, L>(
     left: Stream<'s, Time, Vec<(D1, Time, R1)>>,
     right: Stream<'s, Time, Vec<(D2, Time, R2)>>,
@@ -135,10 +147,14 @@ where
     O: Clone + 'static,
     P1: ParallelizationContract<Time, Vec<(D1, Time, R1)>>,
     P2: ParallelizationContract<Time, Vec<(D2, Time, R2)>>,
-    L: FnMut(AtTime<D1, R1, D2, R2>, &mut Vec<O>) + 'static,
+    L: for<'a> FnMut(AtTime<'a, D1, R1, D2, R2>, &mut Vec<O>) + 'static,
 {
     left.binary_frontier(right, pact_left, pact_right, name, move |_, _| {
-        let mut pending: Pending<D1, R1, D2, R2> = BTreeMap::new();
+        let mut pending_left: Vec<(D1, Time, R1)> = Vec::new();
+        let mut pending_right: Vec<(D2, Time, R2)> = Vec::new();
+        // One time's updates, handed to `logic`.
+        let mut at_left: Vec<(D1, R1)> = Vec::new();
+        let mut at_right: Vec<(D2, R2)> = Vec::new();
         // One capability, at or before the earliest pending time (times are totally ordered).
         let mut held: Option<Capability<Time>> = None;
         let mut produced: Vec<O> = Vec::new();
@@ -154,26 +170,47 @@ where
             in_left.for_each_stamp(|cap, data| {
                 hold(&cap);
                 for batch in data {
-                    for (d, t, r) in batch.drain(..) {
-                        pending.entry(t).or_default().0.push((d, r));
-                    }
+                    pending_left.append(batch);
                 }
             });
             in_right.for_each_stamp(|cap, data| {
                 hold(&cap);
                 for batch in data {
-                    for (d, t, r) in batch.drain(..) {
-                        pending.entry(t).or_default().1.push((d, r));
-                    }
+                    pending_right.append(batch);
                 }
             });
-            while let Some(entry) = pending.first_entry() {
-                let time = *entry.key();
-                if frontier_left.less_equal(&time) || frontier_right.less_equal(&time) {
-                    break;
+            sort_by_time(&mut pending_left);
+            sort_by_time(&mut pending_right);
+            // A time is complete once neither input can bring more at it; complete times are a
+            // prefix of the sorted lists.
+            let complete = |t: &Time| !frontier_left.less_equal(t) && !frontier_right.less_equal(t);
+            let ready_left = pending_left.partition_point(|(_, t, _)| complete(t));
+            let ready_right = pending_right.partition_point(|(_, t, _)| complete(t));
+            if ready_left + ready_right > 0 {
+                let mut lefts = pending_left.drain(..ready_left).peekable();
+                let mut rights = pending_right.drain(..ready_right).peekable();
+                loop {
+                    let time = match (lefts.peek(), rights.peek()) {
+                        (None, None) => break,
+                        (Some((_, l, _)), None) => *l,
+                        (None, Some((_, r, _))) => *r,
+                        (Some((_, l, _)), Some((_, r, _))) => (*l).min(*r),
+                    };
+                    while let Some((d, _, r)) = lefts.next_if(|(_, t, _)| *t == time) {
+                        at_left.push((d, r));
+                    }
+                    while let Some((d, _, r)) = rights.next_if(|(_, t, _)| *t == time) {
+                        at_right.push((d, r));
+                    }
+                    let at = AtTime {
+                        time,
+                        left: &mut at_left,
+                        right: &mut at_right,
+                    };
+                    logic(at, &mut produced);
+                    at_left.clear();
+                    at_right.clear();
                 }
-                let (left, right) = entry.remove();
-                logic(AtTime { time, left, right }, &mut produced);
             }
             // Everything ready leaves in one message under the held capability (its time is
             // at or before every time processed); then the capability moves to what is left.
@@ -183,7 +220,12 @@ where
                     produced.clear();
                 }
             }
-            hold_at(&mut held, pending.keys().next());
+            let next = match (pending_left.first(), pending_right.first()) {
+                (Some((_, l, _)), Some((_, r, _))) => Some((*l).min(*r)),
+                (Some((_, t, _)), None) | (None, Some((_, t, _))) => Some(*t),
+                (None, None) => None,
+            };
+            hold_at(&mut held, next.as_ref());
             // Every message in this graph carries a capability, so nothing is ever ready
             // without one to send it under.
             debug_assert!(
@@ -210,9 +252,10 @@ impl<K: Ord + Clone> Default for Contents<K> {
 
 impl<K: Ord + Clone> Contents<K> {
     /// Applies one time's updates; returns whether there were any.
-    pub fn apply(&mut self, updates: Vec<(K, isize)>) -> bool {
-        let changed = !updates.is_empty();
+    pub fn apply(&mut self, updates: impl IntoIterator<Item = (K, isize)>) -> bool {
+        let mut changed = false;
         for (record, diff) in updates {
+            changed = true;
             let count = self.counts.entry(record.clone()).or_insert(0);
             *count += diff;
             if *count == 0 {
@@ -244,7 +287,7 @@ pub struct PolicyView {
 
 impl PolicyView {
     /// Applies one time's updates of the policy collection.
-    pub fn apply(&mut self, updates: Vec<((PolicyScope, Policy), isize)>) {
+    pub fn apply(&mut self, updates: impl IntoIterator<Item = ((PolicyScope, Policy), isize)>) {
         if self.contents.apply(updates) {
             self.by_scope = self
                 .contents

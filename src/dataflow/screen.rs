@@ -23,8 +23,8 @@ pub fn screen<'s>(
         Pipeline,
         "Screen",
         move |at, out| {
-            policies_now.apply(at.right);
-            for (event, diff) in at.left {
+            policies_now.apply(at.right.drain(..));
+            for (event, diff) in at.left.drain(..) {
                 let policy = policies_now.for_enterprise(&event.enterprise);
                 let trusted =
                     policy.is_some_and(|p| p.allow.allows(event.ip.as_deref(), event.asn));

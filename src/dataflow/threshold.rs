@@ -267,7 +267,7 @@ fn window_counts<'s>(
         "WindowCounts",
         move |at, out| {
             let time = at.time;
-            if in_force.apply(at.right) {
+            if in_force.apply(at.right.drain(..)) {
                 let new = by_shape(&in_force);
                 // Every key's high records move from the old rules to the new ones.
                 for (key, count) in &counts {
@@ -276,9 +276,9 @@ fn window_counts<'s>(
                 }
                 rules_now = new;
             }
-            let mut deltas = at.left;
-            differential_dataflow::consolidation::consolidate(&mut deltas);
-            for (key, delta) in deltas {
+            let deltas = at.left;
+            differential_dataflow::consolidation::consolidate(deltas);
+            for (key, delta) in deltas.drain(..) {
                 let old = counts.get(&key).copied().unwrap_or(0);
                 let new = old + delta;
                 high(&mut highs, &rules_now, &key, old, -1);
@@ -332,7 +332,7 @@ fn match_rules<'s>(
         Pipeline,
         "MatchRules",
         move |at, out| {
-            if in_force.apply(at.right) {
+            if in_force.apply(at.right.drain(..)) {
                 by_action.clear();
                 for rule in in_force.present() {
                     for action in &rule.actions {
@@ -343,7 +343,7 @@ fn match_rules<'s>(
                     }
                 }
             }
-            for (event, diff) in at.left {
+            for (event, diff) in at.left.drain(..) {
                 let Some(rules) = by_action.get(event.action.as_str()) else {
                     continue;
                 };
@@ -384,7 +384,7 @@ fn episodes<'s>(
         Exchange::new(|(d, _, _): &((CKey, Counted), Time, isize)| d.0.hashed()),
         "EpisodeStart",
         move |at, out| {
-            for ((key, counted), diff) in at.right {
+            for ((key, counted), diff) in at.right.drain(..) {
                 if diff <= 0 {
                     continue;
                 }
@@ -428,7 +428,7 @@ fn episodes<'s>(
                 }
             }
             let mut changed: BTreeMap<CKey, bool> = BTreeMap::new();
-            for ((key, over), diff) in at.left {
+            for ((key, over), diff) in at.left.drain(..) {
                 changed
                     .entry(key.clone())
                     .or_insert_with(|| present.get(&key).is_some_and(|m| !m.is_empty()));
