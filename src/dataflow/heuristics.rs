@@ -114,6 +114,32 @@ impl Derived {
     }
 }
 
+/// The parameters, with which detectors are on looked up once: `HeuristicParams::on` is a set
+/// lookup by name, and `observe` asked it up to six times per event.
+struct On {
+    params: HeuristicParams,
+    tor: bool,
+    client: bool,
+    fingerprint: bool,
+    user_agent: bool,
+    asn: bool,
+    ip_address: bool,
+}
+
+impl On {
+    fn new(params: HeuristicParams) -> On {
+        On {
+            tor: params.on("tor"),
+            client: params.on("unexpected_client"),
+            fingerprint: params.on("session_fingerprint"),
+            user_agent: params.on("unexpected_user_agent"),
+            asn: params.on("asn"),
+            ip_address: params.on("ip_address"),
+            params,
+        }
+    }
+}
+
 fn seen_within<K: std::hash::Hash + Eq>(
     map: &HashMap<K, Time>,
     key: &K,
@@ -137,6 +163,7 @@ pub fn detect<'s>(
     let mut idle_at: BTreeMap<Time, Vec<(ArcStr, ArcStr)>> = BTreeMap::new();
     let mut size = 0usize;
     let h = params.history;
+    let on = On::new(params);
     ordered_binary(
         events.inner,
         tor.inner.broadcast(),
@@ -164,7 +191,7 @@ pub fn detect<'s>(
                     UserState::default()
                 });
                 size -= user.size();
-                observe(user, &event, now, &params, &tor_set, &mut derived, |a| {
+                observe(user, &event, now, &on, &tor_set, &mut derived, |a| {
                     out.push((a, now, 1))
                 });
                 if user.size() > 2 * user.pruned_at.max(8) {
@@ -200,11 +227,12 @@ fn observe(
     user: &mut UserState,
     event: &Event,
     now: Time,
-    params: &HeuristicParams,
+    on: &On,
     tor: &Contents<String>,
     derived: &mut Derived,
     mut emit: impl FnMut(Anomaly),
 ) {
+    let params = &on.params;
     let h = params.history;
     // Activity in H: events in hour buckets that end after now - H.
     while user
@@ -230,7 +258,7 @@ fn observe(
         .map(|ua| derived.family(ua, &params.scripted_clients));
     let nets = event.ip.as_ref().map(|ip| derived.nets(ip));
     // Tor exit nodes: once per (user, session run).
-    if params.on("tor") && !run.tor_flagged {
+    if on.tor && !run.tor_flagged {
         if let Some(ip) = event.ip.as_deref().filter(|ip| tor.contains(*ip)) {
             run.tor_flagged = true;
             found(Finding::Tor { ip: ip.to_string() }, 0);
@@ -238,7 +266,7 @@ fn observe(
     }
     // Scripted clients: once per (user, session run).
     if let Some((client, true)) = &family {
-        if params.on("unexpected_client") && !run.client_flagged {
+        if on.client && !run.client_flagged {
             run.client_flagged = true;
             found(
                 Finding::ScriptedClient {
@@ -256,10 +284,7 @@ fn observe(
         };
         let ua_changed = matches!((&run.ua, &event.ua), (Some(a), Some(b)) if a != b);
         let net_changed = matches!((&run.net, &net), (Some(a), Some(b)) if a != b);
-        if (ua_changed || net_changed)
-            && params.on("session_fingerprint")
-            && !run.fingerprint_flagged
-        {
+        if (ua_changed || net_changed) && on.fingerprint && !run.fingerprint_flagged {
             run.fingerprint_flagged = true;
             let finding = Finding::Fingerprint {
                 first_ua: run.ua.clone(),
@@ -278,10 +303,7 @@ fn observe(
     run.last = now;
     // Novelty, for users with enough recent history.
     if let Some((family, scripted)) = &family {
-        if experienced
-            && !scripted
-            && params.on("unexpected_user_agent")
-            && !seen_within(&user.families, family, now, h)
+        if experienced && !scripted && on.user_agent && !seen_within(&user.families, family, now, h)
         {
             let known = user.families.values().filter(|t| now - **t <= h).count();
             let finding = Finding::NewFamily {
@@ -293,14 +315,14 @@ fn observe(
         user.families.insert(family.clone(), now);
     }
     if let Some(asn) = event.asn {
-        if experienced && params.on("asn") && !seen_within(&user.asns, &asn, now, h) {
+        if experienced && on.asn && !seen_within(&user.asns, &asn, now, h) {
             let known = user.asns.values().filter(|t| now - **t <= h).count();
             found(Finding::NewAsn { asn }, known);
         }
         user.asns.insert(asn, now);
     }
     if let Some(prefix) = nets.and_then(|n| n.novelty) {
-        if experienced && params.on("ip_address") && !seen_within(&user.prefixes, &prefix, now, h) {
+        if experienced && on.ip_address && !seen_within(&user.prefixes, &prefix, now, h) {
             let known = user.prefixes.values().filter(|t| now - **t <= h).count();
             let finding = Finding::NewPrefix {
                 prefix: prefix.to_string(),
