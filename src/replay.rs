@@ -255,6 +255,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     for (reason, count) in &summary.rejected {
         tracing::warn!(reason = %reason, count, "rejected input lines");
     }
+    let decoded_at = started.elapsed();
     // Replay holds everything until the end, then releases in (time, id) order.
     let (events, stats) = Sequencer::sort_all(decoded.blocks);
     summary.duplicates = stats.duplicates;
@@ -263,6 +264,11 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     summary.first_time = events.first().map(|(t, _)| *t);
     summary.last_time = events.last().map(|(t, _)| *t);
     let read_time = started.elapsed();
+    tracing::debug!(
+        decode_ms = decoded_at.as_millis() as u64,
+        sequence_ms = (read_time - decoded_at).as_millis() as u64,
+        "input read"
+    );
 
     let engine_started = Instant::now();
     let mut input = EngineInput::new(events, rules, policies);

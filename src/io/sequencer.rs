@@ -110,23 +110,61 @@ impl Sequencer {
 
     /// The whole-input form of `Sequencer::new(None, _)` followed by `push` of every event and
     /// `finish`: the first of each id is kept, and events come out in (time, id) order. The
-    /// input comes in blocks (as the reader decodes it); each block is sorted in place and the
-    /// blocks are merged, each freed once merged, so the events are never held twice over
-    /// (for input that is roughly in time order, as audit logs are).
+    /// input comes in blocks (as the reader decodes it); each block is sorted in place (blocks
+    /// shared among the cores) and the blocks are merged, each freed once merged, so the events
+    /// are never held twice over (for input that is roughly in time order, as audit logs are).
     pub fn sort_all(mut blocks: Vec<Vec<Event>>) -> (EventChunks, SequencerStats) {
         let total: usize = blocks.iter().map(Vec::len).sum();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // The first of each id, found on every core at once: ids are split among the cores by
+        // a hash, and each core walks the whole input in order, keeping a set of its own ids
+        // only. An event is dropped when the core that owns its id has seen that id before.
         let keep: Vec<Vec<bool>> = {
-            let mut seen: HashSet<&str> = HashSet::with_capacity(total);
-            blocks
-                .iter()
-                .map(|block| block.iter().map(|e| seen.insert(e.id.as_str())).collect())
-                .collect()
+            let blocks = &blocks;
+            let shard =
+                |id: &str| (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % threads as u64) as usize;
+            let dropped: Vec<Vec<(usize, usize)>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|me| {
+                        scope.spawn(move || {
+                            let mut seen: HashSet<&str> =
+                                HashSet::with_capacity(total / threads + 1);
+                            let mut dropped = Vec::new();
+                            for (b, block) in blocks.iter().enumerate() {
+                                for (i, event) in block.iter().enumerate() {
+                                    let id = event.id.as_str();
+                                    if shard(id) == me && !seen.insert(id) {
+                                        dropped.push((b, i));
+                                    }
+                                }
+                            }
+                            dropped
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a de-duplication thread panicked"))
+                    .collect()
+            });
+            let mut keep: Vec<Vec<bool>> = blocks.iter().map(|b| vec![true; b.len()]).collect();
+            for (b, i) in dropped.into_iter().flatten() {
+                keep[b][i] = false;
+            }
+            keep
         };
-        for (block, keep) in blocks.iter_mut().zip(keep) {
-            let mut keep = keep.into_iter();
-            block.retain(|_| keep.next().expect("one flag per event"));
-            block.sort_unstable_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
-        }
+        let share = blocks.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for (blocks, keep) in blocks.chunks_mut(share).zip(keep.chunks(share)) {
+                scope.spawn(move || {
+                    for (block, keep) in blocks.iter_mut().zip(keep) {
+                        let mut keep = keep.iter();
+                        block.retain(|_| *keep.next().expect("one flag per event"));
+                        block.sort_unstable_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+                    }
+                });
+            }
+        });
         let mut sources: Vec<std::vec::IntoIter<Event>> =
             blocks.into_iter().map(Vec::into_iter).collect();
         let mut heads: BinaryHeap<Reverse<(Time, ArcStr, usize)>> = sources
@@ -139,14 +177,30 @@ impl Sequencer {
             })
             .collect();
         let mut out = EventChunks::default();
+        // After de-duplication no two events share (time, id), so the block index never decides.
         while let Some(Reverse((_, _, i))) = heads.pop() {
-            let event = sources[i].next().expect("a head");
-            match sources[i].as_slice().first() {
-                Some(next) => heads.push(Reverse((next.time, next.id.clone(), i))),
-                // Exhausted: free the block now.
-                None => sources[i] = Vec::new().into_iter(),
+            // Take from this block for as long as it holds the least event: blocks of input
+            // that is in time order hardly overlap, so this is mostly one comparison per event.
+            loop {
+                let event = sources[i].next().expect("a head");
+                out.push((event.time, event));
+                match sources[i].as_slice().first() {
+                    Some(next) => {
+                        let least = heads
+                            .peek()
+                            .is_none_or(|Reverse((t, id, _))| (next.time, &next.id) < (*t, id));
+                        if !least {
+                            heads.push(Reverse((next.time, next.id.clone(), i)));
+                            break;
+                        }
+                    }
+                    // Exhausted: free the block now.
+                    None => {
+                        sources[i] = Vec::new().into_iter();
+                        break;
+                    }
+                }
             }
-            out.push((event.time, event));
         }
         let stats = SequencerStats {
             released: out.len() as u64,
