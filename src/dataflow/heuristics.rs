@@ -164,6 +164,8 @@ pub fn detect<'s>(
     let mut size = 0usize;
     let h = params.history;
     let on = On::new(params);
+    // One second's events, in id order (reused from one second to the next).
+    let mut batch: Vec<SharedEvent> = Vec::new();
     ordered_binary(
         events.inner,
         tor.inner.broadcast(),
@@ -173,14 +175,9 @@ pub fn detect<'s>(
         move |at, out| {
             let now = at.time;
             tor_set.apply(at.right.drain(..));
-            let mut events: Vec<SharedEvent> = at
-                .left
-                .drain(..)
-                .filter(|(_, d)| *d > 0)
-                .map(|(e, _)| e)
-                .collect();
-            events.sort_by(|a, b| a.id.cmp(&b.id));
-            for event in events {
+            batch.extend(at.left.drain(..).filter(|(_, d)| *d > 0).map(|(e, _)| e));
+            batch.sort_by(|a, b| a.id.cmp(&b.id));
+            for event in batch.drain(..) {
                 let key = (event.enterprise.clone(), event.user.clone());
                 // Every remembered user has exactly one pending idle check.
                 let user = users.entry(key.clone()).or_insert_with(|| {

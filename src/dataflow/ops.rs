@@ -278,30 +278,37 @@ impl<K: Ord + Clone> Contents<K> {
     }
 }
 
-/// The policies in force by scope, rebuilt from the policy collection when it changes.
+/// The policies in force by scope, rebuilt from the policy collection when it changes. The
+/// enterprises' own policies are keyed by id alone, so that the lookup made for every event
+/// borrows the event's id instead of building a scope from a copy of it.
 #[derive(Default)]
 pub struct PolicyView {
     contents: Contents<(PolicyScope, Policy)>,
-    by_scope: HashMap<PolicyScope, Policy>,
+    default: Option<Policy>,
+    by_enterprise: HashMap<String, Policy>,
 }
 
 impl PolicyView {
     /// Applies one time's updates of the policy collection.
     pub fn apply(&mut self, updates: impl IntoIterator<Item = ((PolicyScope, Policy), isize)>) {
         if self.contents.apply(updates) {
-            self.by_scope = self
-                .contents
-                .present()
-                .map(|(scope, policy)| (scope.clone(), policy.clone()))
-                .collect();
+            self.default = None;
+            self.by_enterprise.clear();
+            for (scope, policy) in self.contents.present() {
+                match scope {
+                    None => self.default = Some(policy.clone()),
+                    Some(enterprise) => {
+                        self.by_enterprise
+                            .insert(enterprise.clone(), policy.clone());
+                    }
+                }
+            }
         }
     }
 
     /// The enterprise's own policy, else the default; none before any policy is in force.
     pub fn for_enterprise(&self, enterprise: &str) -> Option<&Policy> {
-        self.by_scope
-            .get(&Some(enterprise.to_string()))
-            .or_else(|| self.by_scope.get(&None))
+        self.by_enterprise.get(enterprise).or(self.default.as_ref())
     }
 }
 

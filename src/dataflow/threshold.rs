@@ -8,7 +8,7 @@ use differential_dataflow::difference::IsZero;
 use differential_dataflow::operators::CountTotal;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;
@@ -376,7 +376,10 @@ fn episodes<'s>(
 ) -> Stream<'s, Time, Vec<(Anomaly, Time, isize)>> {
     let mut present: HashMap<CKey, HashMap<Over, isize>> = HashMap::new();
     let mut recent: HashMap<CKey, Recent> = HashMap::new();
-    let mut expiry: BTreeMap<Time, Vec<CKey>> = BTreeMap::new();
+    // Per window length, (time a counted event leaves its window, its key) in arrival order:
+    // times are processed in order, so each queue is in order of expiry (a queue per window
+    // instead of a map entry per counted event, nearly all of which have a second of their own).
+    let mut expiry: BTreeMap<Time, VecDeque<(Time, CKey)>> = BTreeMap::new();
     ordered_binary(
         over.inner,
         matched.inner,
@@ -389,9 +392,9 @@ fn episodes<'s>(
                     continue;
                 }
                 expiry
-                    .entry(counted.time + counted.window)
+                    .entry(counted.window)
                     .or_default()
-                    .push(key.clone());
+                    .push_back((counted.time + counted.window, key.clone()));
                 match recent.get_mut(&key) {
                     Some(r) => {
                         r.users.insert(counted.user.clone(), counted.time);
@@ -411,11 +414,8 @@ fn episodes<'s>(
                     }
                 }
             }
-            while let Some(entry) = expiry.first_entry() {
-                if *entry.key() > at.time {
-                    break;
-                }
-                for key in entry.remove() {
+            for queue in expiry.values_mut() {
+                while let Some((_, key)) = queue.pop_front_if(|(t, _)| *t <= at.time) {
                     let Some(r) = recent.get_mut(&key) else {
                         continue;
                     };
