@@ -95,7 +95,7 @@ where
 
 /// Moves an operator's one held capability to `next`, the earliest time it still keeps, or drops
 /// it when it keeps nothing (its output frontier may then pass everything).
-fn hold_at(held: &mut Option<Capability<Time>>, next: Option<&Time>) {
+pub(crate) fn hold_at(held: &mut Option<Capability<Time>>, next: Option<&Time>) {
     match (held.as_mut(), next) {
         (Some(cap), Some(next)) => cap.downgrade(next),
         _ => *held = None,
