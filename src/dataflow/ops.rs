@@ -63,11 +63,7 @@ where
                             }
                         }
                     }
-                    if let Some(earliest) = earliest {
-                        if held.as_ref().is_none_or(|h| earliest < *h.time()) {
-                            held = Some(cap.delayed(&earliest, index));
-                        }
-                    }
+                    hold_earliest(&mut held, &cap, earliest, index);
                 });
                 // Release every kept time the input frontier has reached: no input can arrive
                 // before it any more, and what arrives at it is released on a later call.
@@ -91,6 +87,21 @@ where
             }
         })
         .as_collection()
+}
+
+/// Makes an operator's one held capability cover `earliest`, a time the operator now keeps
+/// (at or after `cap`'s time): held there if it was held later, or not at all.
+pub(crate) fn hold_earliest(
+    held: &mut Option<Capability<Time>>,
+    cap: &timely::dataflow::operators::InputCapability<Time>,
+    earliest: Option<Time>,
+    index: usize,
+) {
+    if let Some(earliest) = earliest {
+        if held.as_ref().is_none_or(|h| earliest < *h.time()) {
+            *held = Some(cap.delayed(&earliest, index));
+        }
+    }
 }
 
 /// Moves an operator's one held capability to `next`, the earliest time it still keeps, or drops

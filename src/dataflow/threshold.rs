@@ -14,7 +14,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use super::ops::{delay_by, hold_at, ordered_binary, Contents};
+use super::ops::{delay_by, hold_at, hold_earliest, ordered_binary, Contents};
 use crate::model::{
     explain_threshold, Anomaly, ArcStr, Baseline, Evidence, Rule, ShapeId, SharedEvent, Time,
 };
@@ -346,11 +346,7 @@ fn bucket_counts<'s>(
                             *count += diff;
                         }
                     }
-                    if let Some(earliest) = earliest {
-                        if held.as_ref().is_none_or(|h| earliest < *h.time()) {
-                            held = Some(cap.delayed(&earliest, index));
-                        }
-                    }
+                    hold_earliest(&mut held, &cap, earliest, index);
                 });
                 // Buckets whose close the input has reached are complete.
                 while let Some(entry) = open.first_entry() {
