@@ -19,11 +19,12 @@ use crate::model::Time;
 ///
 /// `f` may read the record, so each record can carry its own window or history. The operator
 /// keeps delayed updates itself, by new time, and releases them only once its input frontier has
-/// reached that time. Handing them on at once would park them in the downstream arrangement's
-/// batcher, which merges and walks everything it holds each time it seals a batch: with a 14-day
-/// history that is every bucket of the history, at every step. Kept here, they cost one map
-/// insert each and are consolidated as they accumulate (updates to the same record at the same
-/// new time add up), so memory follows the distinct records, not the events.
+/// reached that time. Handing them on at once would park them in the downstream operator's
+/// queue (for an arrangement, its batcher, which merges and walks everything it holds each time
+/// it seals a batch). Kept here, they cost one map insert each and are consolidated as they
+/// accumulate (updates to the same record at the same new time add up), so memory follows the
+/// distinct records, not the events. The graph uses it for the windows' expiry
+/// (`WindowExpiry`).
 ///
 /// It holds one capability, at the earliest kept time, and releases what is ready in one message
 /// under it; each update keeps its own time, never earlier than the message's.
@@ -171,21 +172,14 @@ where
         let mut produced: Vec<O> = Vec::new();
         move |(in_left, frontier_left), (in_right, frontier_right), output| {
             let index = output.output_index();
-            let mut hold = |cap: &timely::dataflow::operators::InputCapability<Time>| {
-                if let Some(time) = cap.least() {
-                    if held.as_ref().is_none_or(|h| time < h.time()) {
-                        held = Some(cap.delayed(time, index));
-                    }
-                }
-            };
             in_left.for_each_stamp(|cap, data| {
-                hold(&cap);
+                hold_earliest(&mut held, &cap, cap.least().copied(), index);
                 for batch in data {
                     pending_left.append(batch);
                 }
             });
             in_right.for_each_stamp(|cap, data| {
-                hold(&cap);
+                hold_earliest(&mut held, &cap, cap.least().copied(), index);
                 for batch in data {
                     pending_right.append(batch);
                 }
@@ -371,7 +365,7 @@ mod tests {
                     *expected.entry((t % 3, t + 7)).or_default() -= 2;
                 }
                 // Many updates to few records that all move to the end of their 64-second
-                // bucket (as `BucketClose` does): over 2,048 per new time, so the kept list is
+                // bucket: over 2,048 per new time, so the kept list is
                 // consolidated as it grows, with insertions and retractions interleaved.
                 for i in 0..60u64 {
                     let record = 100 + (t + i) % 7;

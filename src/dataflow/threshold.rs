@@ -313,8 +313,10 @@ fn window_counts<'s>(
 /// close, retracting it H later, and `count_total` over the arranged result, in one operator
 /// routed by key: a map per open bucket's close counts the events, and when the input has
 /// passed the close, each count is emitted and its retraction kept until H later. The counted
-/// events are never held, only the counts (a delay, an arrangement and `count_total` held and
-/// sorted every counted event: a fifth of a replay's engine time).
+/// events are never held, only the counts. Before, a delay held every counted event until its
+/// bucket closed, consolidating them by sorting, and the closed counts went through a second
+/// delay, an arrangement and `count_total`: cutting that path off took about a fifth off a
+/// replay's engine time. Counts leave in a fixed order, whatever the map's.
 fn bucket_counts<'s>(
     matched: VecCollection<'s, Time, (CKey, Counted), isize>,
 ) -> VecCollection<'s, Time, ((CKey, u64), isize), isize> {

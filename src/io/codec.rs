@@ -155,11 +155,11 @@ struct RawLine<'a> {
 const INTERN_CAPACITY: usize = 1 << 18;
 
 /// The interning sets' hasher. Every text field of every event is looked up (six per event, user
-/// agents over a hundred bytes), and with SipHash the decoders spent about a tenth of reading on
-/// hashing; foldhash is several times faster. It is seeded at random per process, as SipHash
-/// is, so colliding texts cannot be prepared in advance, though it claims only minimal
-/// resistance to flooding. Here flooding could only slow decoding: the sets are bounded, and
-/// what is interned never changes a result.
+/// agents over a hundred bytes); with foldhash instead of SipHash, decoding the 1M-event replay
+/// took 775 ms instead of 860 (medians). It is seeded at random per process, as SipHash is, so
+/// colliding texts cannot be prepared in advance, though it claims only minimal resistance to
+/// flooding. Here flooding could only slow decoding: the sets are bounded, and what is interned
+/// never changes a result.
 type InternSet = std::collections::HashSet<ArcStr, foldhash::fast::RandomState>;
 
 thread_local! {
