@@ -34,7 +34,10 @@ fn every_panther_sample_line_is_accepted_or_rejected_with_a_reason() {
     assert!(decoded.events().any(|e| e.time == 1_659_026_894)); // 2022-07-28 16:48:14
     assert!(decoded.events().any(|e| e.time == 1_724_075_693)); // 2024-08-19 13:54:53.000000000
                                                                 // Lines without an id get a derived one; ids are unique after that except true re-sends.
-    let derived = decoded.events().filter(|e| e.id.starts_with("h-")).count();
+    let derived = decoded
+        .events()
+        .filter(|e| e.id.to_string().starts_with("h-"))
+        .count();
     assert!(derived > 0);
 }
 

@@ -16,7 +16,8 @@ use timely::dataflow::Stream;
 
 use super::ops::{delay_by, hold_at, hold_earliest, ordered_binary, Contents};
 use crate::model::{
-    explain_threshold, Anomaly, ArcStr, Baseline, Evidence, Rule, ShapeId, SharedEvent, Time,
+    explain_threshold, Anomaly, ArcStr, Baseline, EventId, Evidence, Rule, ShapeId, SharedEvent,
+    Time,
 };
 
 /// A counting key: (enterprise, rule shape, group key).
@@ -30,7 +31,7 @@ pub struct Counted {
     pub history: u64,
     /// The time the event was processed at.
     pub time: Time,
-    pub id: ArcStr,
+    pub id: EventId,
     pub user: ArcStr,
     pub session: Option<ArcStr>,
 }

@@ -3,7 +3,7 @@
 //! watermark (DESIGN 3). Both engines, the dataflow and the batch reference, consume its output,
 //! so a file and a stream of the same events give the same result.
 
-use crate::model::{ArcStr, Event, EventChunks, Sequenced, Time};
+use crate::model::{Event, EventChunks, EventId, Sequenced, Time};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
@@ -23,9 +23,9 @@ pub struct SequencerStats {
 pub struct Sequencer {
     lateness: Option<u64>,
     dedup_horizon: u64,
-    seen: HashSet<ArcStr>,
-    seen_at: BTreeMap<Time, Vec<ArcStr>>,
-    held: BinaryHeap<Reverse<(Time, ArcStr, Event)>>,
+    seen: HashSet<EventId>,
+    seen_at: BTreeMap<Time, Vec<EventId>>,
+    held: BinaryHeap<Reverse<(Time, EventId, Event)>>,
     max_seen: Option<Time>,
     watermark: Time,
     stats: SequencerStats,
@@ -121,18 +121,17 @@ impl Sequencer {
         // only. An event is dropped when the core that owns its id has seen that id before.
         let keep: Vec<Vec<bool>> = {
             let blocks = &blocks;
-            let shard =
-                |id: &str| (xxhash_rust::xxh3::xxh3_64(id.as_bytes()) % threads as u64) as usize;
+            let shard = |id: &EventId| (id.stable_hash() % threads as u64) as usize;
             let dropped: Vec<Vec<(usize, usize)>> = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..threads)
                     .map(|me| {
                         scope.spawn(move || {
-                            let mut seen: HashSet<&str> =
+                            let mut seen: HashSet<&EventId> =
                                 HashSet::with_capacity(total / threads + 1);
                             let mut dropped = Vec::new();
                             for (b, block) in blocks.iter().enumerate() {
                                 for (i, event) in block.iter().enumerate() {
-                                    let id = event.id.as_str();
+                                    let id = &event.id;
                                     if shard(id) == me && !seen.insert(id) {
                                         dropped.push((b, i));
                                     }
@@ -167,7 +166,7 @@ impl Sequencer {
         });
         let mut sources: Vec<std::vec::IntoIter<Event>> =
             blocks.into_iter().map(Vec::into_iter).collect();
-        let mut heads: BinaryHeap<Reverse<(Time, ArcStr, usize)>> = sources
+        let mut heads: BinaryHeap<Reverse<(Time, EventId, usize)>> = sources
             .iter()
             .enumerate()
             .filter_map(|(i, s)| {
@@ -238,8 +237,12 @@ mod tests {
         }
     }
 
-    fn order(out: &[Sequenced]) -> Vec<(Time, &str)> {
-        out.iter().map(|(t, e)| (*t, e.id.as_str())).collect()
+    fn texts(pairs: &[(Time, &str)]) -> Vec<(Time, String)> {
+        pairs.iter().map(|(t, id)| (*t, id.to_string())).collect()
+    }
+
+    fn order(out: &[Sequenced]) -> Vec<(Time, String)> {
+        out.iter().map(|(t, e)| (*t, e.id.to_string())).collect()
     }
 
     #[test]
@@ -257,7 +260,10 @@ mod tests {
         }
         assert!(out.is_empty(), "nothing released before finish");
         assert_eq!(s.finish(&mut out), 30);
-        assert_eq!(order(&out), vec![(5, "d"), (10, "a"), (10, "b"), (30, "c")]);
+        assert_eq!(
+            order(&out),
+            texts(&[(5, "d"), (10, "a"), (10, "b"), (30, "c")])
+        );
         assert_eq!(s.stats().duplicates, 1);
         assert_eq!(s.stats().late, 0);
     }
@@ -305,10 +311,10 @@ mod tests {
         s.push(ev("y", 97), &mut out); // within lateness: held, in order
         s.push(ev("z", 90), &mut out); // late: processed at 95
         s.push(ev("w", 106), &mut out); // watermark 101: releases z@95, y@97, x@100
-        assert_eq!(order(&out), vec![(95, "z"), (97, "y"), (100, "x")]);
+        assert_eq!(order(&out), texts(&[(95, "z"), (97, "y"), (100, "x")]));
         assert_eq!(s.stats().late, 1);
         s.finish(&mut out);
-        assert_eq!(order(&out)[3], (106, "w"));
+        assert_eq!(order(&out)[3], (106, "w".to_string()));
     }
 
     #[test]

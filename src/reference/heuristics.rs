@@ -48,7 +48,8 @@ pub fn heuristic_anomalies(input: &EngineInput) -> Vec<Anomaly> {
     };
     let mut out = Vec::new();
     for events in by_user.values_mut() {
-        events.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+        // By the ids' text: the oracle does not lean on `EventId`'s order.
+        events.sort_by_cached_key(|(time, event)| (*time, event.id.to_string()));
         let mut flags: Vec<Flags> = Vec::with_capacity(events.len());
         for (i, &(now, event)) in events.iter().enumerate() {
             let prior = &events[..i];

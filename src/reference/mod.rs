@@ -15,7 +15,8 @@ struct Hit<'a> {
     time: Time,
     key: &'a str,
     user: &'a str,
-    id: &'a str,
+    /// The id's text: the oracle does not lean on `EventId`'s order.
+    id: String,
     session: Option<&'a str>,
 }
 
@@ -67,7 +68,7 @@ fn matched(input: &EngineInput) -> (Hits<'_>, HashMap<ShapeId, (u64, u64)>) {
                     time: *time,
                     key,
                     user: &event.user,
-                    id: &event.id,
+                    id: event.id.to_string(),
                     session: event.session.as_deref(),
                 });
         }
@@ -85,7 +86,7 @@ fn live_counts<'h, 'a>(
     for hit in hits.iter().filter(|x| x.time <= now && x.time + w > now) {
         let entry = live.entry(hit.key).or_insert((0, hit));
         entry.0 += 1;
-        if (hit.time, hit.id) > (entry.1.time, entry.1.id) {
+        if (hit.time, &hit.id) > (entry.1.time, &entry.1.id) {
             entry.1 = hit;
         }
     }

@@ -48,7 +48,17 @@ fn event(
     client: Client,
 ) -> Event {
     Event {
-        id: format!("ev{i:05}").into(),
+        // Half the ids in Slack's UUID form (held inline as bits), scrambled so that their
+        // order is not the events' order, and half other text: sorting mixes the two forms.
+        id: if i % 2 == 1 {
+            format!(
+                "{:08x}-7e57-4000-8000-{i:012x}",
+                (i as u32).wrapping_mul(2_654_435_761)
+            )
+        } else {
+            format!("ev{i:05}")
+        }
+        .into(),
         time,
         action: ACTIONS[action].into(),
         enterprise: format!("E{ent}").into(),
