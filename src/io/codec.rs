@@ -186,8 +186,19 @@ fn intern(text: &str) -> ArcStr {
 /// [`intern_permanent`]); past it they are interned as other text is. At most a few MB leaked.
 const PERMANENT_CAPACITY: usize = 1 << 16;
 
-/// Texts made permanent so far, process-wide.
+/// Enterprise ids, actions and user ids made permanent so far, process-wide.
 static PERMANENT_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many bytes of session ids, addresses and user agents the process makes permanent (see
+/// [`intern_context`]). Such values are many more, and a user agent's length is the sender's
+/// choice, so this budget is of bytes, apart from the one above (sessions cannot use up the
+/// users' budget), and texts longer than [`CONTEXT_PERMANENT_MAX_LEN`] are never made permanent.
+const CONTEXT_PERMANENT_BYTES: usize = 16 << 20;
+const CONTEXT_PERMANENT_MAX_LEN: usize = 512;
+
+/// Bytes of session ids, addresses and user agents made permanent so far, process-wide.
+static CONTEXT_PERMANENT_MADE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 thread_local! {
     static PERMANENT: std::cell::RefCell<InternSet> = std::cell::RefCell::new(InternSet::default());
@@ -202,16 +213,41 @@ thread_local! {
 /// order and hashing are the text's either way, so no result depends on which copies are static.
 fn intern_permanent(text: &str) -> ArcStr {
     PERMANENT
-        .with_borrow_mut(|set| permanent_in(set, &PERMANENT_MADE, PERMANENT_CAPACITY, text))
+        .with_borrow_mut(|set| permanent_in(set, &PERMANENT_MADE, PERMANENT_CAPACITY, 1, text))
         .unwrap_or_else(|| intern(text))
 }
 
-/// [`intern_permanent`] over a given set and count: the static copy of `text`, or `None` once
-/// `made` has reached `capacity`.
+/// The shared copy of a session id, an address or a user agent: as [`intern_permanent`], for
+/// the same reason (each is carried by many events, on both workers), under a budget of bytes,
+/// [`CONTEXT_PERMANENT_BYTES`]. Past it, and for longer texts, they are interned. In a
+/// long-running `aer run`, sessions come and go: the budget is spent in the first hours, and
+/// then at most that much memory stays leaked (16 MiB) while new values are counted as before.
+fn intern_context(text: &str) -> ArcStr {
+    if text.len() > CONTEXT_PERMANENT_MAX_LEN {
+        return intern(text);
+    }
+    // The allocation's header and rounding, roughly, besides the text.
+    let cost = text.len() + 16;
+    PERMANENT
+        .with_borrow_mut(|set| {
+            permanent_in(
+                set,
+                &CONTEXT_PERMANENT_MADE,
+                CONTEXT_PERMANENT_BYTES,
+                cost,
+                text,
+            )
+        })
+        .unwrap_or_else(|| intern(text))
+}
+
+/// [`intern_permanent`] over a given set and budget: the static copy of `text`, or `None` once
+/// `made` plus `cost` would pass `capacity`. A text already in `set` costs nothing.
 fn permanent_in(
     set: &mut InternSet,
     made: &std::sync::atomic::AtomicUsize,
     capacity: usize,
+    cost: usize,
     text: &str,
 ) -> Option<ArcStr> {
     use std::sync::atomic::Ordering;
@@ -219,7 +255,7 @@ fn permanent_in(
         return Some(shared.clone());
     }
     made.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-        (n < capacity).then_some(n + 1)
+        (n + cost <= capacity).then_some(n + cost)
     })
     .ok()?;
     let shared = ArcStr::from(text);
@@ -417,12 +453,15 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         action,
         enterprise,
         user,
-        session: context.session_id.map(|s| intern(&s.into_text())),
+        session: context.session_id.map(|s| intern_context(&s.into_text())),
         ip: context
             .ip_address
             .filter(|s| !s.is_empty())
-            .map(|s| intern(&s)),
-        ua: context.ua.filter(|s| !s.is_empty()).map(|s| intern(&s)),
+            .map(|s| intern_context(&s)),
+        ua: context
+            .ua
+            .filter(|s| !s.is_empty())
+            .map(|s| intern_context(&s)),
         asn: None,
     })
 }
@@ -437,15 +476,23 @@ mod tests {
     fn permanent_texts_are_static_shared_and_bounded() {
         let made = std::sync::atomic::AtomicUsize::new(0);
         let mut set = InternSet::default();
-        let e1 = permanent_in(&mut set, &made, 2, "E1").expect("under capacity");
+        let e1 = permanent_in(&mut set, &made, 2, 1, "E1").expect("under capacity");
         assert!(ArcStr::is_static(&e1));
         assert_eq!(e1, "E1");
-        let again = permanent_in(&mut set, &made, 2, &String::from("E1")).expect("known");
+        let again = permanent_in(&mut set, &made, 2, 1, &String::from("E1")).expect("known");
         assert!(ArcStr::ptr_eq(&e1, &again));
-        assert!(permanent_in(&mut set, &made, 2, "file_downloaded").is_some());
-        assert_eq!(permanent_in(&mut set, &made, 2, "W0123"), None);
+        assert!(permanent_in(&mut set, &made, 2, 1, "file_downloaded").is_some());
+        assert_eq!(permanent_in(&mut set, &made, 2, 1, "W0123"), None);
         assert_eq!(made.load(std::sync::atomic::Ordering::Relaxed), 2);
-        assert!(permanent_in(&mut set, &made, 2, "E1").is_some());
+        assert!(permanent_in(&mut set, &made, 2, 1, "E1").is_some());
+        // A budget of bytes: a text that would pass it is not made permanent, a shorter one
+        // that fits still is.
+        let bytes = std::sync::atomic::AtomicUsize::new(0);
+        let mut set = InternSet::default();
+        assert!(permanent_in(&mut set, &bytes, 30, 20, "Mozilla/5.0").is_some());
+        assert_eq!(permanent_in(&mut set, &bytes, 30, 20, "curl/8.5.0"), None);
+        assert!(permanent_in(&mut set, &bytes, 30, 10, "s1").is_some());
+        assert_eq!(bytes.load(std::sync::atomic::Ordering::Relaxed), 30);
         // Decoded events carry such copies, and compare as their text does.
         let (events, _) = decode(
             r#"{"id":"x","date_create":5,"action":"file_downloaded","actor":{"user":{"id":"W1"}},"context":{"location":{"id":"E9"}}}"#,
@@ -453,6 +500,15 @@ mod tests {
         assert!(ArcStr::is_static(&events[0].enterprise));
         assert!(ArcStr::is_static(&events[0].action));
         assert_eq!(events[0].enterprise, ArcStr::from("E9"));
+        // Sessions, addresses and user agents too, but never a text past the length bound.
+        let long_ua = "x".repeat(CONTEXT_PERMANENT_MAX_LEN + 1);
+        let (events, _) = decode(&format!(
+            r#"{{"id":"y","date_create":5,"action":"a","actor":{{"user":{{"id":"W1"}}}},"context":{{"location":{{"id":"E9"}},"session_id":"s9","ip_address":"10.1.2.3","ua":"{long_ua}"}}}}"#,
+        ));
+        assert!(ArcStr::is_static(events[0].session.as_ref().unwrap()));
+        assert!(ArcStr::is_static(events[0].ip.as_ref().unwrap()));
+        assert!(!ArcStr::is_static(events[0].ua.as_ref().unwrap()));
+        assert_eq!(events[0].ua.as_deref(), Some(long_ua.as_str()));
     }
 
     fn decode(text: &str) -> (Vec<Event>, Vec<Reject>) {
