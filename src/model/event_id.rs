@@ -35,21 +35,25 @@ fn hex_value(b: u8) -> Option<u64> {
     }
 }
 
+/// `acc` followed by the hex digits `digits` (lower case only), or `None` at any other byte.
+fn hex_run(acc: u64, digits: &[u8]) -> Option<u64> {
+    digits
+        .iter()
+        .try_fold(acc, |acc, &b| Some(acc << 4 | hex_value(b)?))
+}
+
 /// The bits of `text` when it is a lower-case hyphenated UUID (upper-case digits are other
-/// text: they would print differently).
+/// text: they would print differently). Runs once per decoded event, so the hyphens are checked
+/// where they must be and each group of digits is read straight.
 fn parse_uuid(text: &str) -> Option<(u64, u64)> {
-    let bytes = text.as_bytes();
-    if bytes.len() != UUID_LEN || HYPHENS.iter().any(|&i| bytes[i] != b'-') {
+    let b = text.as_bytes();
+    if b.len() != UUID_LEN || HYPHENS.iter().any(|&i| b[i] != b'-') {
         return None;
     }
-    let mut bits: u128 = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if HYPHENS.contains(&i) {
-            continue;
-        }
-        bits = bits << 4 | u128::from(hex_value(b)?);
-    }
-    Some(((bits >> 64) as u64, bits as u64))
+    // Digits 1-16 (groups of 8, 4 and 4) are the high half, 17-32 (4 and 12) the low.
+    let hi = hex_run(hex_run(hex_run(0, &b[0..8])?, &b[9..13])?, &b[14..18])?;
+    let lo = hex_run(hex_run(0, &b[19..23])?, &b[24..36])?;
+    Some((hi, lo))
 }
 
 fn write_uuid(hi: u64, lo: u64, buf: &mut [u8; UUID_LEN]) -> &str {
