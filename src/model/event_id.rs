@@ -27,19 +27,33 @@ enum Repr {
 const UUID_LEN: usize = 36;
 const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
-fn hex_value(b: u8) -> Option<u64> {
-    match b {
-        b'0'..=b'9' => Some(u64::from(b - b'0')),
-        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
-        _ => None,
+/// Each byte's value as a lower-case hex digit, or `NOT_HEX`.
+const NOT_HEX: u8 = 0x80;
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// `acc` followed by the hex digits `digits` (lower case only), or `None` at any other byte.
+/// Without a branch per digit: a byte that is not a digit only sets a flag, checked at the end.
 fn hex_run(acc: u64, digits: &[u8]) -> Option<u64> {
-    digits
-        .iter()
-        .try_fold(acc, |acc, &b| Some(acc << 4 | hex_value(b)?))
+    let (mut acc, mut flags) = (acc, 0u8);
+    for &b in digits {
+        let v = HEX_VALUE[usize::from(b)];
+        flags |= v;
+        acc = acc << 4 | u64::from(v & 0xf);
+    }
+    (flags & NOT_HEX == 0).then_some(acc)
 }
 
 /// The bits of `text` when it is a lower-case hyphenated UUID (upper-case digits are other
