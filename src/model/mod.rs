@@ -17,10 +17,12 @@ pub type Time = u64;
 
 /// One accepted Slack audit-log entry, reduced to the fields detection uses.
 ///
-/// The text fields are [`ArcStr`]s: one pointer each, cloned by a reference count, and shared
-/// between events when the decoder interned them ([`crate::io::codec`] does: the same user,
-/// enterprise, action or user agent is one allocation however many events carry it). Equality,
-/// order and hashing are those of the text, so nothing depends on what was shared.
+/// The id is an [`EventId`] (a UUID held as its bits, other text shared). The other text fields
+/// are [`ArcStr`]s: one pointer each, shared between events when the decoder interned them
+/// ([`crate::io::codec`] does: the same user, enterprise, action, session, address or user
+/// agent is one allocation however many events carry it, and most are made static, so cloning
+/// touches no count). Equality, order and hashing are those of the text, so nothing depends on
+/// what was shared or how an id is held.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Event {
     /// The entry's `id`, or `h-<hash of the line>` when the entry had none.
