@@ -235,7 +235,7 @@ fn decode_block(block: &[u8], lines: usize, name: &str) -> DecodedBlock {
         lines: 0,
         physical_lines: 0,
     };
-    for (i, buf) in block.split_inclusive(|b| *b == b'\n').enumerate() {
+    for (i, buf) in lines_of(block).enumerate() {
         out.physical_lines += 1;
         let line = 1 + i as u64;
         let at = LineRef { source: name, line };
@@ -262,6 +262,24 @@ fn decode_block(block: &[u8], lines: usize, name: &str) -> DecodedBlock {
     out
 }
 
+/// The lines of `block`, each with its newline (the last one may have none), as
+/// `block.split_inclusive(|b| *b == b'\n')` gives them, found with `memchr`: the byte-by-byte
+/// split was 7% of a replay's samples, more than any other part of decoding but JSON parsing.
+fn lines_of(block: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut ends = memchr::memchr_iter(b'\n', block);
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        let end = match ends.next() {
+            Some(newline) => newline + 1,
+            None if start < block.len() => block.len(),
+            None => return None,
+        };
+        let line = &block[start..end];
+        start = end;
+        Some(line)
+    })
+}
+
 /// Convenience for tests and tools: decodes one file.
 pub fn read_file(path: &Path) -> Result<Decoded, SourceError> {
     read_inputs(&[path.to_path_buf()], false)
@@ -270,6 +288,21 @@ pub fn read_file(path: &Path) -> Result<Decoded, SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::Just;
+
+    proptest::proptest! {
+        /// The memchr line split is the byte-by-byte one: blocks with and without a final
+        /// newline, empty lines, carriage returns and no newline at all.
+        #[test]
+        fn lines_of_is_split_inclusive(block in proptest::collection::vec(
+            proptest::prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(0xffu8)],
+            0..64,
+        )) {
+            let ours: Vec<&[u8]> = lines_of(&block).collect();
+            let theirs: Vec<&[u8]> = block.split_inclusive(|b| *b == b'\n').collect();
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
 
     /// Decoding in parallel blocks gives exactly what decoding line by line gives: the same
     /// events in the same order, and rejects with the right line numbers.
