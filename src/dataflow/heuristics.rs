@@ -162,6 +162,8 @@ pub fn detect<'s>(
     let mut derived = Derived::default();
     let mut idle_at: BTreeMap<Time, Vec<(ArcStr, ArcStr)>> = BTreeMap::new();
     let mut size = 0usize;
+    // The largest state this worker has published to `state_size`.
+    let mut largest = 0usize;
     let h = params.history;
     let on = On::new(params);
     // One second's events, in id order (reused from one second to the next).
@@ -213,7 +215,12 @@ pub fn detect<'s>(
                     }
                 }
             }
-            state_size.fetch_max(size + users.len(), Ordering::Relaxed);
+            // Published only when this worker's own largest grows: a write per second to a
+            // counter both workers share would move its cache line between their cores.
+            if size + users.len() > largest {
+                largest = size + users.len();
+                state_size.fetch_max(largest, Ordering::Relaxed);
+            }
         },
     )
     .as_collection()
