@@ -292,12 +292,26 @@ mod tests {
 
     proptest::proptest! {
         /// The memchr line split is the byte-by-byte one: blocks with and without a final
-        /// newline, empty lines, carriage returns and no newline at all.
+        /// newline, empty lines, carriage returns, no newline at all, and lines long enough
+        /// (up to 300 bytes) for memchr's vector loops.
         #[test]
-        fn lines_of_is_split_inclusive(block in proptest::collection::vec(
-            proptest::prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), Just(0xffu8)],
-            0..64,
+        fn lines_of_is_split_inclusive(segments in proptest::collection::vec(
+            (
+                proptest::collection::vec(
+                    proptest::prop_oneof![8 => Just(b'a'), 1 => Just(b'\r'), 1 => Just(0xffu8)],
+                    0..300,
+                ),
+                proptest::bool::ANY,
+            ),
+            0..8,
         )) {
+            let mut block = Vec::new();
+            for (text, newline) in segments {
+                block.extend(text);
+                if newline {
+                    block.push(b'\n');
+                }
+            }
             let ours: Vec<&[u8]> = lines_of(&block).collect();
             let theirs: Vec<&[u8]> = block.split_inclusive(|b| *b == b'\n').collect();
             proptest::prop_assert_eq!(ours, theirs);
