@@ -221,7 +221,7 @@ fn intern_permanent(text: &str) -> ArcStr {
 /// the same reason (each is carried by many events, on both workers), under a budget of bytes,
 /// [`CONTEXT_PERMANENT_BYTES`]. Past it, and for longer texts, they are interned. In a
 /// long-running `aer run`, sessions come and go: the budget is spent in the first hours, and
-/// then at most that much memory stays leaked (16 MiB) while new values are counted as before.
+/// then at most that much memory stays leaked (16 MiB) while new values are interned as before.
 fn intern_context(text: &str) -> ArcStr {
     if text.len() > CONTEXT_PERMANENT_MAX_LEN {
         return intern(text);
