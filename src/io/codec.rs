@@ -264,6 +264,80 @@ fn permanent_in(
     Some(shared)
 }
 
+/// An event's user, enterprise, session, address and user agent: as texts from the line, or as
+/// the shared copies the decoder hands out.
+#[derive(Clone)]
+struct Companions<U, O> {
+    user: U,
+    enterprise: U,
+    session: Option<O>,
+    ip: Option<O>,
+    ua: Option<O>,
+}
+
+type SharedCompanions = Companions<ArcStr, ArcStr>;
+
+/// How many sessions one decoding thread remembers the companions of; past it the cache starts
+/// over (sharing is lost for a while, nothing else).
+const SESSION_CACHE_CAPACITY: usize = 1 << 16;
+
+thread_local! {
+    static BY_SESSION: std::cell::RefCell<
+        std::collections::HashMap<ArcStr, SharedCompanions, foldhash::fast::RandomState>,
+    > = std::cell::RefCell::new(Default::default());
+}
+
+/// The shared copies of an event's texts. A session's events nearly always carry the same user,
+/// enterprise, address and user agent, so each thread remembers the copies the last event of
+/// each session got: one lookup (the session's) then stands for five, and each remembered copy
+/// is used only when its text is equal to the line's (a byte comparison). Any text that
+/// differs is interned as usual and remembered in its place. Without a session, each text is
+/// interned on its own. Interning never changes a result, so neither does this cache.
+fn intern_companions(texts: Companions<&str, &str>) -> SharedCompanions {
+    let fresh = |texts: &Companions<&str, &str>| Companions {
+        user: intern_permanent(texts.user),
+        enterprise: intern_permanent(texts.enterprise),
+        session: texts.session.map(intern_context),
+        ip: texts.ip.map(intern_context),
+        ua: texts.ua.map(intern_context),
+    };
+    let Some(session) = texts.session else {
+        return fresh(&texts);
+    };
+    BY_SESSION.with_borrow_mut(|cache| {
+        if let Some(last) = cache.get_mut(session) {
+            refresh(&mut last.user, texts.user, intern_permanent);
+            refresh(&mut last.enterprise, texts.enterprise, intern_permanent);
+            refresh_optional(&mut last.ip, texts.ip);
+            refresh_optional(&mut last.ua, texts.ua);
+            return last.clone();
+        }
+        if cache.len() >= SESSION_CACHE_CAPACITY {
+            cache.clear();
+        }
+        let shared = fresh(&texts);
+        let key = shared.session.clone().expect("a session");
+        cache.insert(key, shared.clone());
+        shared
+    })
+}
+
+/// Keeps `slot` when it holds `text`, else replaces it with `intern(text)`.
+fn refresh(slot: &mut ArcStr, text: &str, intern: fn(&str) -> ArcStr) {
+    if slot.as_str() != text {
+        *slot = intern(text);
+    }
+}
+
+/// As [`refresh`], for a context text that may be absent.
+fn refresh_optional(slot: &mut Option<ArcStr>, text: Option<&str>) {
+    match text {
+        None => *slot = None,
+        Some(text) if slot.as_deref() != Some(text) => *slot = Some(intern_context(text)),
+        Some(_) => {}
+    }
+}
+
 /// Parses `"2022-07-28 16:48:14"` (UTC; `T` instead of the space, fractional seconds and a
 /// trailing `Z` or RFC 3339 offset are accepted too) into unix seconds.
 pub fn parse_date(text: &str) -> Option<Time> {
@@ -427,7 +501,6 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         .and_then(|u| u.id)
         .map(Scalar::into_text)
         .filter(|u| !u.is_empty())
-        .map(|u| intern_permanent(&u))
         .ok_or((
             RejectReason::MissingActorUser,
             "no actor.user.id".to_string(),
@@ -438,7 +511,6 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         .and_then(|l| l.id)
         .map(Scalar::into_text)
         .filter(|e| !e.is_empty())
-        .map(|e| intern_permanent(&e))
         .ok_or((
             RejectReason::MissingLocation,
             "no context.location.id".to_string(),
@@ -447,21 +519,25 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         Some(id) if !id.is_empty() => EventId::new(&id),
         _ => EventId::new(&derived_id(body)),
     };
+    let session = context.session_id.map(Scalar::into_text);
+    let ip = context.ip_address.filter(|s| !s.is_empty());
+    let ua = context.ua.filter(|s| !s.is_empty());
+    let shared = intern_companions(Companions {
+        user: &user,
+        enterprise: &enterprise,
+        session: session.as_deref(),
+        ip: ip.as_deref(),
+        ua: ua.as_deref(),
+    });
     Ok(Event {
         id,
         time,
         action,
-        enterprise,
-        user,
-        session: context.session_id.map(|s| intern_context(&s.into_text())),
-        ip: context
-            .ip_address
-            .filter(|s| !s.is_empty())
-            .map(|s| intern_context(&s)),
-        ua: context
-            .ua
-            .filter(|s| !s.is_empty())
-            .map(|s| intern_context(&s)),
+        enterprise: shared.enterprise,
+        user: shared.user,
+        session: shared.session,
+        ip: shared.ip,
+        ua: shared.ua,
         asn: None,
     })
 }
@@ -562,6 +638,83 @@ mod tests {
         assert_eq!(e[0].id, "42");
         assert_eq!((&*e[0].user, &*e[0].enterprise), ("7", "9"));
         assert_eq!(e[0].time, 1_521_214_343);
+    }
+
+    proptest::proptest! {
+        /// The session cache hands out the line's own texts: a session's user, enterprise,
+        /// address and user agent change from line to line, appear and disappear, and sessions
+        /// come as strings, numbers or not at all; every event still carries exactly its line's
+        /// texts (an empty address or user agent is none).
+        #[test]
+        fn session_cache_gives_each_line_its_own_texts(lines in proptest::collection::vec(
+            (0usize..5, 0usize..3, 0usize..2, 0usize..4, 0usize..4),
+            1..40,
+        )) {
+            const SESSIONS: [Option<&str>; 5] =
+                [None, Some("\"s1\""), Some("\"s2\""), Some("12345"), Some("\"12345\"")];
+            const USERS: [&str; 3] = ["W1", "W2", "W10"];
+            const ENTERPRISES: [&str; 2] = ["E1", "E2"];
+            const IPS: [Option<&str>; 4] = [None, Some(""), Some("1.2.3.4"), Some("1.2.3.5")];
+            const UAS: [Option<&str>; 4] = [None, Some(""), Some("ua/1"), Some("ua/2")];
+            for (i, &(s, u, e, ip, ua)) in lines.iter().enumerate() {
+                let mut context = format!("\"location\":{{\"id\":\"{}\"}}", ENTERPRISES[e]);
+                if let Some(session) = SESSIONS[s] {
+                    context += &format!(",\"session_id\":{session}");
+                }
+                if let Some(ip) = IPS[ip] {
+                    context += &format!(",\"ip_address\":\"{ip}\"");
+                }
+                if let Some(ua) = UAS[ua] {
+                    context += &format!(",\"ua\":\"{ua}\"");
+                }
+                let line = format!(
+                    "{{\"id\":\"p{i}\",\"date_create\":{i},\"action\":\"a\",\"actor\":{{\"user\":{{\"id\":\"{}\"}}}},\"context\":{{{context}}}}}",
+                    USERS[u]
+                );
+                let (events, rejects) = decode(&line);
+                proptest::prop_assert!(rejects.is_empty(), "{:?}", rejects);
+                let event = &events[0];
+                proptest::prop_assert_eq!(event.user.as_str(), USERS[u]);
+                proptest::prop_assert_eq!(event.enterprise.as_str(), ENTERPRISES[e]);
+                let session = SESSIONS[s].map(|t| t.trim_matches('"'));
+                proptest::prop_assert_eq!(event.session.as_deref(), session);
+                let ip = IPS[ip].filter(|t| !t.is_empty());
+                proptest::prop_assert_eq!(event.ip.as_deref(), ip);
+                let ua = UAS[ua].filter(|t| !t.is_empty());
+                proptest::prop_assert_eq!(event.ua.as_deref(), ua);
+            }
+        }
+    }
+
+    /// Events of one session share their texts through the session cache, and a text that
+    /// changes within the session is the new one from then on.
+    #[test]
+    fn a_sessions_events_share_texts_and_follow_changes() {
+        let first = FULL.replace("\"id\":\"0123a45b\"", "\"id\":\"c1\"");
+        let second = FULL.replace("\"id\":\"0123a45b\"", "\"id\":\"c2\"");
+        let moved = FULL
+            .replace("\"id\":\"0123a45b\"", "\"id\":\"c3\"")
+            .replace("1.23.45.67", "9.9.9.9");
+        let back = FULL.replace("\"id\":\"0123a45b\"", "\"id\":\"c4\"");
+        let e: Vec<Event> = [&first, &second, &moved, &back]
+            .iter()
+            .flat_map(|line| decode(line).0)
+            .collect();
+        assert_eq!(e.len(), 4);
+        for shared in [&e[1], &e[3]] {
+            assert!(ArcStr::ptr_eq(&e[0].user, &shared.user));
+            assert!(ArcStr::ptr_eq(
+                e[0].ua.as_ref().expect("ua"),
+                shared.ua.as_ref().expect("ua")
+            ));
+            assert!(ArcStr::ptr_eq(
+                e[0].session.as_ref().expect("session"),
+                shared.session.as_ref().expect("session")
+            ));
+        }
+        assert_eq!(e[2].ip.as_deref(), Some("9.9.9.9"));
+        assert_eq!(e[3].ip.as_deref(), Some("1.23.45.67"));
+        assert_eq!(e[2].user, "W123AB456");
     }
 
     #[test]
