@@ -278,7 +278,9 @@ struct Companions<U, O> {
 type SharedCompanions = Companions<ArcStr, ArcStr>;
 
 /// How many sessions one decoding thread remembers the companions of; past it the cache starts
-/// over (sharing is lost for a while, nothing else).
+/// over (sharing is lost for a while, nothing else). The remembered copies stay alive while
+/// remembered, so this also bounds the texts the cache keeps alive: five per session, as the
+/// interning sets keep at most [`INTERN_CAPACITY`] texts each.
 const SESSION_CACHE_CAPACITY: usize = 1 << 16;
 
 thread_local! {
