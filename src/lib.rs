@@ -1,10 +1,10 @@
 //! aer: a real-time Anomaly Event Response engine for SaaS audit logs.
 //!
 //! Sources in [`io`] decode and sequence Slack audit entries; the [`dataflow`] graph detects
-//! anomalies incrementally; [`reference`] is the plain batch implementation the dataflow is
-//! tested against; [`replay`] runs the pipeline over files; [`generate`] makes synthetic
-//! workloads with labelled attacks; [`bench`] measures throughput, memory and live latency.
-
+//! anomalies incrementally; [`reference`](mod@reference) is the plain batch implementation the
+//! dataflow is tested against; [`replay`] runs the pipeline over files; [`generate`] makes
+//! synthetic workloads with labelled attacks; [`bench`](mod@bench) measures throughput, memory
+//! and live latency.
 pub mod api;
 pub mod bench;
 pub mod cli;
