@@ -5,6 +5,7 @@
 //! dataflow is tested against; [`replay`] runs the pipeline over files; [`generate`] makes
 //! synthetic workloads with labelled attacks; [`bench`](mod@bench) measures throughput, memory
 //! and live latency.
+
 pub mod api;
 pub mod bench;
 pub mod cli;
