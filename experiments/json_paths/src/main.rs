@@ -1,0 +1,210 @@
+//! How fast can the fields aer's decoder needs be taken from a JSON line? Each path extracts the
+//! same eight fields (id, date_create, action, actor.user.id, context.location.id,
+//! context.session_id, context.ip_address, context.ua) from the same lines on one thread, and
+//! the best of several rounds is printed in nanoseconds per line.
+//!
+//! `cargo run --release -- FILE [LINES] [ROUNDS]` (defaults: 200,000 lines, 5 rounds), with a
+//! file from `aer generate`.
+
+mod scan;
+
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::time::{Duration, Instant};
+
+#[derive(Deserialize, Default)]
+struct User<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Actor<'a> {
+    #[serde(default, borrow)]
+    user: Option<User<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Location<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Context<'a> {
+    #[serde(default, borrow)]
+    location: Option<Location<'a>>,
+    #[serde(default, borrow)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    ip_address: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    ua: Option<Cow<'a, str>>,
+}
+
+/// aer's shape (`src/io/codec.rs`), with plain strings and integers where aer accepts either.
+#[derive(Deserialize)]
+struct Line<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    date_create: Option<u64>,
+    #[serde(default, borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    actor: Option<Actor<'a>>,
+    #[serde(default, borrow)]
+    context: Option<Context<'a>>,
+}
+
+/// The eight fields' lengths and the time, summed: what every path must agree on.
+fn digest<'a>(texts: impl IntoIterator<Item = Option<&'a str>>, time: Option<u64>) -> usize {
+    texts
+        .into_iter()
+        .map(|t| t.map_or(0, str::len))
+        .sum::<usize>()
+        + time.unwrap_or(0) as usize
+}
+
+/// serde_json validating and skipping the whole line, extracting nothing: the floor of any
+/// serde_json path.
+fn serde_ignored(line: &str) -> usize {
+    serde_json::from_str::<serde::de::IgnoredAny>(line).map_or(0, |_| 1)
+}
+
+/// serde_json into derived structs borrowing the line, as aer's decoder does.
+fn serde_derive(line: &str) -> usize {
+    let l: Line = serde_json::from_str(line).expect("valid");
+    let user = l.actor.and_then(|a| a.user).and_then(|u| u.id);
+    let c = l.context.unwrap_or_default();
+    let enterprise = c.location.and_then(|l| l.id);
+    digest(
+        [
+            l.id.as_deref(),
+            l.action.as_deref(),
+            user.as_deref(),
+            enterprise.as_deref(),
+            c.session_id.as_deref(),
+            c.ip_address.as_deref(),
+            c.ua.as_deref(),
+        ],
+        l.date_create,
+    )
+}
+
+/// A hand-written scanner for the common subset (`scan.rs`); it declines anything else.
+fn hand_scanner(line: &str) -> usize {
+    let f = scan::scan(line).expect("the generated lines are in the subset");
+    digest(
+        [f.id, f.action, f.user, f.enterprise, f.session, f.ip, f.ua],
+        f.date,
+    )
+}
+
+/// sonic-rs: iterating objects lazily, skipping unwanted values.
+fn sonic_object_iter(line: &str) -> usize {
+    use sonic_rs::to_object_iter;
+    let text = |v: &sonic_rs::LazyValue| v.as_raw_str().len() - 2;
+    let mut n = 0;
+    for kv in to_object_iter(line) {
+        let (k, v) = kv.expect("valid");
+        match &*k {
+            "id" | "action" => n += text(&v),
+            "date_create" => n += v.as_raw_str().parse::<usize>().expect("integer"),
+            "actor" => {
+                for kv in to_object_iter(v.as_raw_str()) {
+                    let (k, v) = kv.expect("valid");
+                    if &*k == "user" {
+                        for kv in to_object_iter(v.as_raw_str()) {
+                            let (k, v) = kv.expect("valid");
+                            if &*k == "id" {
+                                n += text(&v);
+                            }
+                        }
+                    }
+                }
+            }
+            "context" => {
+                for kv in to_object_iter(v.as_raw_str()) {
+                    let (k, v) = kv.expect("valid");
+                    match &*k {
+                        "location" => {
+                            for kv in to_object_iter(v.as_raw_str()) {
+                                let (k, v) = kv.expect("valid");
+                                if &*k == "id" {
+                                    n += text(&v);
+                                }
+                            }
+                        }
+                        "session_id" | "ip_address" | "ua" => n += text(&v),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
+/// simd-json: a borrowed value tree of the line (which it parses in place, so a copy).
+fn simd_json_value(line: &str) -> usize {
+    use simd_json::prelude::*;
+    let mut buf = line.as_bytes().to_vec();
+    let v = simd_json::to_borrowed_value(&mut buf).expect("valid");
+    let user = v.get("actor").and_then(|a| a.get("user"));
+    let c = v.get("context");
+    digest(
+        [
+            v.get_str("id"),
+            v.get_str("action"),
+            user.and_then(|u| u.get_str("id")),
+            c.and_then(|c| c.get("location"))
+                .and_then(|l| l.get_str("id")),
+            c.and_then(|c| c.get_str("session_id")),
+            c.and_then(|c| c.get_str("ip_address")),
+            c.and_then(|c| c.get_str("ua")),
+        ],
+        v.get_u64("date_create"),
+    )
+}
+
+/// One way of taking the fields from a line; returns their digest.
+type Path = fn(&str) -> usize;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let path = args
+        .next()
+        .expect("usage: json_paths FILE [LINES] [ROUNDS]");
+    let limit: usize = args.next().map_or(200_000, |a| a.parse().expect("LINES"));
+    let rounds: usize = args.next().map_or(5, |a| a.parse().expect("ROUNDS"));
+    let text = std::fs::read_to_string(&path).expect("read FILE");
+    let lines: Vec<&str> = text.lines().take(limit).collect();
+    let paths: [(&str, Path); 6] = [
+        ("serde_json, IgnoredAny (floor)", serde_ignored),
+        ("serde_json, derived structs (aer)", serde_derive),
+        ("hand-written subset scanner", hand_scanner),
+        ("sonic-rs, lazy object iteration", sonic_object_iter),
+        ("simd-json, borrowed value", simd_json_value),
+        ("serde_json, derived structs (again)", serde_derive),
+    ];
+    let expected = lines.iter().map(|l| serde_derive(l)).sum::<usize>();
+    let mut best = [Duration::MAX; 6];
+    // Rounds interleave the paths, so that a slow spell of the machine hits them all.
+    for _ in 0..rounds {
+        for (i, (name, f)) in paths.iter().enumerate() {
+            let started = Instant::now();
+            let sum = lines.iter().map(|l| f(l)).sum::<usize>();
+            best[i] = best[i].min(started.elapsed());
+            if i > 0 {
+                assert_eq!(sum, expected, "{name} disagrees");
+            }
+        }
+    }
+    println!("{} lines, best of {rounds} rounds", lines.len());
+    for ((name, _), best) in paths.iter().zip(best) {
+        let per_line = best.as_nanos() as f64 / lines.len() as f64;
+        println!("{name:38} {per_line:6.0} ns/line");
+    }
+}
