@@ -114,6 +114,13 @@ pub struct BatchResult {
     pub peak_rss_bytes: Option<u64>,
     pub anomalies: u64,
     pub decisions: u64,
+    /// User and system CPU time of the whole process over `seconds`: what the replay costs in
+    /// all, whatever the cores (a rate of R events/s on C cores needs at most C / R CPU-seconds
+    /// per event).
+    pub cpu_seconds: Option<f64>,
+    /// `cpu_seconds` over `seconds`, in cores: near the number of cores, the replay is bound
+    /// by CPU.
+    pub cpu_cores: Option<f64>,
 }
 
 /// The live phase's result.
@@ -215,6 +222,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         options.workers
     ));
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let report = replay::run_pipeline(&ReplayOptions {
         inputs: inputs.clone(),
         config: config.clone(),
@@ -225,6 +233,9 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         db: None,
     })?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_before
+        .zip(cpu_seconds())
+        .map(|(before, after)| after - before);
     let events = report.summary.events;
     let batch = BatchResult {
         events,
@@ -236,9 +247,11 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         peak_rss_bytes: peak_rss_bytes(),
         anomalies: report.summary.anomalies,
         decisions: report.summary.decisions,
+        cpu_seconds: cpu,
+        cpu_cores: cpu.map(|c| c / seconds.max(1e-9)),
     };
     say(&format!(
-        "batch: {} events in {:.2} s: {:.0} events/s ({:.2} s reading, {:.2} s in the engine), peak RSS {}, {} anomalies, {} decisions",
+        "batch: {} events in {:.2} s: {:.0} events/s ({:.2} s reading, {:.2} s in the engine), peak RSS {}, {} anomalies, {} decisions; CPU {} s ({} cores)",
         batch.events,
         batch.seconds,
         batch.events_per_sec,
@@ -246,7 +259,9 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         batch.engine_seconds,
         mib(batch.peak_rss_bytes),
         batch.anomalies,
-        batch.decisions
+        batch.decisions,
+        cores(batch.cpu_seconds),
+        cores(batch.cpu_cores),
     ));
     drop(report);
 

@@ -331,6 +331,14 @@ fn bench_measures_batch_live_and_soak_and_live_agrees_with_batch() {
     assert!(events > 3000, "{report}");
     assert!(batch["events_per_sec"].as_f64().unwrap() > 0.0);
     assert!(batch["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // The batch phase's CPU, in seconds and in cores over its wall time.
+    let cpu = batch["cpu_seconds"].as_f64().unwrap();
+    let cores = batch["cpu_cores"].as_f64().unwrap();
+    let seconds = batch["seconds"].as_f64().unwrap();
+    assert!(
+        cpu >= 0.0 && (cores * seconds - cpu).abs() < 1e-9,
+        "{report}"
+    );
     // The live driver, fed the same workload in order, decides exactly what the batch did, and
     // every decision has a latency.
     let decisions = batch["decisions"].as_u64().unwrap();
