@@ -115,8 +115,8 @@ pub struct BatchResult {
     pub anomalies: u64,
     pub decisions: u64,
     /// User and system CPU time of the whole process over `seconds`: what the replay costs in
-    /// all, whatever the cores (a rate of R events/s on C cores needs at most C / R CPU-seconds
-    /// per event).
+    /// all, whatever the cores (a rate of R events/s on C cores leaves each event at most C / R
+    /// CPU-seconds).
     pub cpu_seconds: Option<f64>,
     /// `cpu_seconds` over `seconds`, in cores: near the number of cores, the replay is bound
     /// by CPU.
@@ -233,9 +233,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         db: None,
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_before
-        .zip(cpu_seconds())
-        .map(|(before, after)| after - before);
+    let cpu = cpu_since(cpu_before);
     let events = report.summary.events;
     let batch = BatchResult {
         events,
@@ -260,8 +258,8 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         mib(batch.peak_rss_bytes),
         batch.anomalies,
         batch.decisions,
-        cores(batch.cpu_seconds),
-        cores(batch.cpu_cores),
+        two_places(batch.cpu_seconds),
+        two_places(batch.cpu_cores),
     ));
     drop(report);
 
@@ -312,7 +310,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
             result.latency.p99_ms,
             result.latency.max_ms,
             if result.kept_up { "kept up" } else { "fell behind" },
-            cores(result.cpu_cores),
+            two_places(result.cpu_cores),
             mib(result.peak_rss_bytes)
         ));
         Some(result)
@@ -378,7 +376,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
                 result.seconds,
                 result.decisions,
                 result.latency.p99_ms,
-                cores(result.cpu_cores),
+                two_places(result.cpu_cores),
                 result
                     .rss_growth
                     .map_or("n/a".to_string(), |g| format!("{g:.3}"))
@@ -402,8 +400,16 @@ fn build_profile() -> &'static str {
     }
 }
 
-fn cores(cores: Option<f64>) -> String {
-    cores.map_or("n/a".to_string(), |c| format!("{c:.2}"))
+/// A measure with two decimals (CPU seconds or cores), or "n/a" where `/proc` gave none.
+fn two_places(value: Option<f64>) -> String {
+    value.map_or("n/a".to_string(), |v| format!("{v:.2}"))
+}
+
+/// The process's CPU seconds since `before` (a [`cpu_seconds`] reading), if both readings exist.
+fn cpu_since(before: Option<f64>) -> Option<f64> {
+    before
+        .zip(cpu_seconds())
+        .map(|(before, after)| after - before)
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -530,9 +536,7 @@ impl LiveSetup {
         drop(offered_tx);
         live.finish()?;
         let seconds = started.elapsed().as_secs_f64();
-        let cpu_cores = cpu_before
-            .zip(cpu_seconds())
-            .map(|(before, after)| (after - before) / seconds.max(1e-9));
+        let cpu_cores = cpu_since(cpu_before).map(|cpu| cpu / seconds.max(1e-9));
         receiver.join().map_err(|_| EngineError::WorkerPanicked)?;
         let Measured {
             latencies,
