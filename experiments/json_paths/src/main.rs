@@ -12,8 +12,9 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
+/// `actor.user` and `context.location`: aer reads only their `id`.
 #[derive(Deserialize, Default)]
-struct User<'a> {
+struct WithId<'a> {
     #[serde(default, borrow)]
     id: Option<Cow<'a, str>>,
 }
@@ -21,19 +22,13 @@ struct User<'a> {
 #[derive(Deserialize, Default)]
 struct Actor<'a> {
     #[serde(default, borrow)]
-    user: Option<User<'a>>,
-}
-
-#[derive(Deserialize, Default)]
-struct Location<'a> {
-    #[serde(default, borrow)]
-    id: Option<Cow<'a, str>>,
+    user: Option<WithId<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 struct Context<'a> {
     #[serde(default, borrow)]
-    location: Option<Location<'a>>,
+    location: Option<WithId<'a>>,
     #[serde(default, borrow)]
     session_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
