@@ -52,6 +52,121 @@ struct Line<'a> {
     context: Option<Context<'a>>,
 }
 
+/// aer's `Scalar`: ids and times read with `deserialize_any`, as strings or numbers.
+enum Scalar<'a> {
+    UInt(u64),
+    Text(Cow<'a, str>),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a number")
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::UInt(v))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> Scalar<'a> {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Scalar::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct SWithId<'a> {
+    #[serde(default, borrow)]
+    id: Option<Scalar<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct SActor<'a> {
+    #[serde(default, borrow)]
+    user: Option<SWithId<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct SContext<'a> {
+    #[serde(default, borrow)]
+    location: Option<SWithId<'a>>,
+    #[serde(default, borrow)]
+    session_id: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    ip_address: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    ua: Option<Cow<'a, str>>,
+}
+
+/// aer's shape exactly: scalars where aer accepts strings or numbers.
+#[derive(Deserialize)]
+struct SLine<'a> {
+    #[serde(default, borrow)]
+    id: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    date_create: Option<Scalar<'a>>,
+    #[serde(default, borrow)]
+    action: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    actor: Option<SActor<'a>>,
+    #[serde(default, borrow)]
+    context: Option<SContext<'a>>,
+}
+
+fn scalar_fields(l: SLine) -> usize {
+    let user = l.actor.and_then(|a| a.user).and_then(|u| u.id);
+    let c = l.context.unwrap_or_default();
+    let enterprise = c.location.and_then(|l| l.id);
+    let time = match l.date_create {
+        Some(Scalar::UInt(t)) => Some(t),
+        _ => None,
+    };
+    digest(
+        [
+            l.id.as_ref().and_then(Scalar::text),
+            l.action.as_deref(),
+            user.as_ref().and_then(Scalar::text),
+            enterprise.as_ref().and_then(Scalar::text),
+            c.session_id.as_ref().and_then(Scalar::text),
+            c.ip_address.as_deref(),
+            c.ua.as_deref(),
+        ],
+        time,
+    )
+}
+
+/// serde_json into aer's exact shape.
+fn serde_scalar(line: &str) -> usize {
+    scalar_fields(serde_json::from_str(line).expect("valid"))
+}
+
+/// sonic-rs into aer's exact shape.
+fn sonic_scalar(line: &str) -> usize {
+    scalar_fields(sonic_rs::from_str(line).expect("valid"))
+}
+
 /// The eight fields' lengths and the time, summed: what every path must agree on.
 fn digest<'a>(texts: impl IntoIterator<Item = Option<&'a str>>, time: Option<u64>) -> usize {
     texts
@@ -69,7 +184,22 @@ fn serde_ignored(line: &str) -> usize {
 
 /// serde_json into derived structs borrowing the line, as aer's decoder does.
 fn serde_derive(line: &str) -> usize {
-    let l: Line = serde_json::from_str(line).expect("valid");
+    fields(serde_json::from_str(line).expect("valid"))
+}
+
+/// sonic-rs's serde deserializer into the same derived structs.
+fn sonic_derive(line: &str) -> usize {
+    fields(sonic_rs::from_str(line).expect("valid"))
+}
+
+/// simd-json's serde deserializer into the same derived structs (it parses in place, so a copy).
+fn simd_json_derive(line: &str) -> usize {
+    let mut buf = line.as_bytes().to_vec();
+    fields(simd_json::serde::from_slice(&mut buf).expect("valid"))
+}
+
+/// The digest of a line deserialized into aer's shape.
+fn fields(l: Line) -> usize {
     let user = l.actor.and_then(|a| a.user).and_then(|u| u.id);
     let c = l.context.unwrap_or_default();
     let enterprise = c.location.and_then(|l| l.id);
@@ -176,16 +306,20 @@ fn main() {
     let rounds: usize = args.next().map_or(5, |a| a.parse().expect("ROUNDS"));
     let text = std::fs::read_to_string(&path).expect("read FILE");
     let lines: Vec<&str> = text.lines().take(limit).collect();
-    let paths: [(&str, Path); 6] = [
+    let paths: [(&str, Path); 10] = [
         ("serde_json, IgnoredAny (floor)", serde_ignored),
         ("serde_json, derived structs (aer)", serde_derive),
         ("hand-written subset scanner", hand_scanner),
         ("sonic-rs, lazy object iteration", sonic_object_iter),
         ("simd-json, borrowed value", simd_json_value),
+        ("sonic-rs, derived structs", sonic_derive),
+        ("simd-json, derived structs", simd_json_derive),
+        ("serde_json, aer's scalars", serde_scalar),
+        ("sonic-rs, aer's scalars", sonic_scalar),
         ("serde_json, derived structs (again)", serde_derive),
     ];
     let expected = lines.iter().map(|l| serde_derive(l)).sum::<usize>();
-    let mut best = [Duration::MAX; 6];
+    let mut best = [Duration::MAX; 10];
     // Rounds interleave the paths, so that a slow spell of the machine hits them all.
     for _ in 0..rounds {
         for (i, (name, f)) in paths.iter().enumerate() {
