@@ -28,8 +28,8 @@ use crate::io::sequencer::Sequencer;
 use crate::io::source::{self, SourceError};
 use crate::model::Sequenced;
 use crate::replay::{
-    self, cpu_seconds, current_rss_bytes, heuristic_setup, peak_rss_bytes, ReplayError,
-    ReplayOptions,
+    self, cpu_seconds, current_rss_bytes, heuristic_setup, peak_rss_bytes, process_use,
+    ReplayError, ReplayOptions,
 };
 
 /// Everything that can stop a benchmark.
@@ -121,6 +121,11 @@ pub struct BatchResult {
     /// `cpu_seconds` over `seconds`, in cores: near the number of cores, the replay is bound
     /// by CPU.
     pub cpu_cores: Option<f64>,
+    /// Of `cpu_seconds`: the kernel's. Most of it is fresh memory being zeroed; on a machine
+    /// that is slow to hand out fresh pages it can be a quarter of the whole (see the README).
+    pub system_seconds: Option<f64>,
+    /// Minor page faults over `seconds` (a transparent huge page counts once).
+    pub minor_faults: Option<u64>,
 }
 
 /// The live phase's result.
@@ -222,7 +227,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         options.workers
     ));
     let started = Instant::now();
-    let cpu_before = cpu_seconds();
+    let before = process_use();
     let report = replay::run_pipeline(&ReplayOptions {
         inputs: inputs.clone(),
         config: config.clone(),
@@ -233,7 +238,10 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         db: None,
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_since(cpu_before);
+    let used = before
+        .zip(process_use())
+        .map(|(before, after)| after.since(&before));
+    let cpu = used.map(|used| used.cpu_seconds());
     let events = report.summary.events;
     let batch = BatchResult {
         events,
@@ -247,9 +255,11 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         decisions: report.summary.decisions,
         cpu_seconds: cpu,
         cpu_cores: cpu.map(|c| c / seconds.max(1e-9)),
+        system_seconds: used.map(|used| used.system_seconds),
+        minor_faults: used.map(|used| used.minor_faults),
     };
     say(&format!(
-        "batch: {} events in {:.2} s: {:.0} events/s ({:.2} s reading, {:.2} s in the engine), peak RSS {}, {} anomalies, {} decisions; CPU {} s ({} cores)",
+        "batch: {} events in {:.2} s: {:.0} events/s ({:.2} s reading, {:.2} s in the engine), peak RSS {}, {} anomalies, {} decisions; CPU {} s ({} cores; system {} s, {} minor faults)",
         batch.events,
         batch.seconds,
         batch.events_per_sec,
@@ -260,6 +270,10 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         batch.decisions,
         two_places(batch.cpu_seconds),
         two_places(batch.cpu_cores),
+        two_places(batch.system_seconds),
+        batch
+            .minor_faults
+            .map_or("n/a".to_string(), |n| n.to_string()),
     ));
     drop(report);
 

@@ -408,21 +408,59 @@ pub fn current_rss_bytes() -> Option<u64> {
     proc_status_bytes("VmRSS:")
 }
 
-/// CPU time this process has used so far (user and system, all threads), if known.
-pub fn cpu_seconds() -> Option<f64> {
-    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
+/// What this process has used so far, all threads together: CPU time in user space and in the
+/// kernel, and minor page faults. The kernel's share is where fresh memory is paid for: each
+/// page the process touches first is found and zeroed there.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessUse {
+    pub user_seconds: f64,
+    pub system_seconds: f64,
+    /// Page faults served without I/O (a transparent huge page counts once, for 2 MiB).
+    pub minor_faults: u64,
 }
 
-/// Fields 14 and 15 (utime, stime) of a `/proc/<pid>/stat` line, in seconds. They count clock
-/// ticks of `USER_HZ`, which is 100 on x86 and arm Linux.
-fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+impl ProcessUse {
+    /// User and system CPU seconds together.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.user_seconds + self.system_seconds
+    }
+
+    /// What was used between the reading `before` and this one.
+    pub fn since(&self, before: &ProcessUse) -> ProcessUse {
+        ProcessUse {
+            user_seconds: self.user_seconds - before.user_seconds,
+            system_seconds: self.system_seconds - before.system_seconds,
+            minor_faults: self.minor_faults.saturating_sub(before.minor_faults),
+        }
+    }
+}
+
+/// What this process has used so far (Linux `/proc/self/stat`), if known.
+pub fn process_use() -> Option<ProcessUse> {
+    parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// CPU time this process has used so far (user and system, all threads), if known.
+pub fn cpu_seconds() -> Option<f64> {
+    process_use().map(|used| used.cpu_seconds())
+}
+
+/// Fields 10 (minflt), 14 and 15 (utime, stime) of a `/proc/<pid>/stat` line. The times count
+/// clock ticks of `USER_HZ`, which is 100 on x86 and arm Linux.
+fn parse_stat(stat: &str) -> Option<ProcessUse> {
     // The command name (field 2) is in parentheses and may hold spaces and parentheses: count
-    // from after the last ')'.
+    // from after the last ')', where field 3 is the first.
     let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some((user + system) as f64 / 100.0)
+    let mut fields = rest.split_whitespace().skip(7);
+    let minor_faults: u64 = fields.next()?.parse().ok()?;
+    let mut times = fields.skip(3);
+    let user: u64 = times.next()?.parse().ok()?;
+    let system: u64 = times.next()?.parse().ok()?;
+    Some(ProcessUse {
+        user_seconds: user as f64 / 100.0,
+        system_seconds: system as f64 / 100.0,
+        minor_faults,
+    })
 }
 
 /// A `kB` field of `/proc/self/status`, in bytes.
@@ -435,17 +473,37 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_seconds, stat_cpu_seconds};
+    use super::{cpu_seconds, parse_stat, process_use, ProcessUse};
 
     #[test]
     fn cpu_time_is_read_after_the_command_name() {
-        // A command name with a space and a ')' of its own; utime 250 and stime 31 ticks.
+        // A command name with a space and a ')' of its own; 900 minor faults (and 7 of
+        // children), utime 250 and stime 31 ticks.
         let line =
-            "4242 (aer (x) y) R 1 4242 4242 0 -1 4194560 900 0 0 0 250 31 0 0 20 0 3 0 100 1000 50";
-        assert_eq!(stat_cpu_seconds(line), Some(2.81));
-        assert_eq!(stat_cpu_seconds("4242 aer R 1"), None);
-        assert_eq!(stat_cpu_seconds("4242 (aer) R 1 2 3"), None);
-        // This process's own line parses.
+            "4242 (aer (x) y) R 1 4242 4242 0 -1 4194560 900 7 0 0 250 31 0 0 20 0 3 0 100 1000 50";
+        let used = parse_stat(line).unwrap();
+        assert_eq!(
+            used,
+            ProcessUse {
+                user_seconds: 2.5,
+                system_seconds: 0.31,
+                minor_faults: 900
+            }
+        );
+        assert_eq!(used.cpu_seconds(), 2.81);
+        let before = ProcessUse {
+            user_seconds: 0.5,
+            system_seconds: 0.01,
+            minor_faults: 100,
+        };
+        let between = used.since(&before);
+        assert_eq!(between.minor_faults, 800);
+        assert!((between.user_seconds - 2.0).abs() < 1e-9);
+        assert!((between.system_seconds - 0.3).abs() < 1e-9);
+        assert_eq!(parse_stat("4242 aer R 1"), None);
+        assert_eq!(parse_stat("4242 (aer) R 1 2 3"), None);
+        // This process's own line parses, and it has faulted pages in.
         assert!(cpu_seconds().is_some());
+        assert!(process_use().unwrap().minor_faults > 0);
     }
 }

@@ -339,6 +339,11 @@ fn bench_measures_batch_live_and_soak_and_live_agrees_with_batch() {
         cpu >= 0.0 && (cores * seconds - cpu).abs() < 1e-9,
         "{report}"
     );
+    // Of which the kernel's, and the pages faulted in (reading and the engine touch fresh
+    // memory, so there are some).
+    let system = batch["system_seconds"].as_f64().unwrap();
+    assert!((0.0..=cpu).contains(&system), "{report}");
+    assert!(batch["minor_faults"].as_u64().unwrap() > 0, "{report}");
     // The live driver, fed the same workload in order, decides exactly what the batch did, and
     // every decision has a latency.
     let decisions = batch["decisions"].as_u64().unwrap();
