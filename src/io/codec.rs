@@ -880,7 +880,8 @@ mod tests {
 
     /// A line: an entry with every field aer reads (each usually valid) and maybe extra
     /// members, an API page of such entries, or any value; then edited a character at a time
-    /// (characters deleted, or JSON's punctuation inserted), which makes most of them invalid.
+    /// (characters deleted, or JSON's punctuation, escape and number characters inserted), which
+    /// makes most of them invalid.
     fn any_line() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::prelude::*;
         let field = || {
