@@ -121,8 +121,9 @@ pub struct BatchResult {
     /// `cpu_seconds` over `seconds`, in cores: near the number of cores, the replay is bound
     /// by CPU.
     pub cpu_cores: Option<f64>,
-    /// Of `cpu_seconds`: the kernel's. Most of it is fresh memory being zeroed; on a machine
-    /// that is slow to hand out fresh pages it can be a quarter of the whole (see the README).
+    /// Of `cpu_seconds`: the kernel's, chiefly copying the input file and zeroing fresh
+    /// memory. On a machine that is slow to hand out fresh pages it can be a quarter of the
+    /// whole (see the README).
     pub system_seconds: Option<f64>,
     /// Minor page faults over `seconds` (a transparent huge page counts once).
     pub minor_faults: Option<u64>,
