@@ -137,11 +137,10 @@ struct RawContext<'a> {
     ua: Option<Cow<'a, str>>,
 }
 
-/// An entry, or an API page (`entries` set). Unknown fields are ignored, as DESIGN 2 says.
-/// `P` is what a page's entries are read as: serde_json's raw values, or, on the fast path
-/// ([`parse`]), nothing but whether the line has any.
+/// An entry, or an API page (`entries` set, read as a [`RawPage`]). Unknown fields are
+/// ignored, as DESIGN 2 says.
 #[derive(Deserialize)]
-struct RawLine<'a, P = Vec<&'a serde_json::value::RawValue>> {
+struct RawLine<'a> {
     #[serde(default, borrow)]
     id: Option<Scalar<'a>>,
     #[serde(default, borrow)]
@@ -152,44 +151,47 @@ struct RawLine<'a, P = Vec<&'a serde_json::value::RawValue>> {
     actor: Option<RawActor<'a>>,
     #[serde(default, borrow)]
     context: Option<RawContext<'a>>,
+    /// Whether the line is a page, and that its entries are a list (a sequence of zero-sized
+    /// values: nothing is allocated); they are read by [`RawPage`].
     #[serde(default)]
-    entries: Option<P>,
+    entries: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// An API page's entries, as serde_json's raw text of each (sonic-rs cannot read into
+/// serde_json's `RawValue`); each is then decoded as a line of its own.
+#[derive(Deserialize)]
+struct RawPage<'a> {
+    #[serde(borrow)]
+    entries: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// How a line's text becomes a [`RawLine`]: [`parse`], or (in tests) serde_json alone.
 type Parser = for<'a> fn(&'a str) -> Result<RawLine<'a>, serde_json::Error>;
 
-/// Reads an entry's fields with sonic-rs, and hands anything else to serde_json: text sonic-rs
-/// declines, and API pages (any `entries` field, however its key is escaped). sonic-rs (SIMD)
-/// took about a quarter less time per line than serde_json here (`experiments/json_paths`),
-/// and decoding is about half of a replay's CPU. Every reject comes from serde_json,
-/// with serde_json's message, and the property test `sonic_rs_and_serde_json_agree` holds the
-/// fast path to the same events and rejects as serde_json alone, on generated and mutated lines.
-/// serde_json parses floats exactly (its `float_roundtrip` feature), as sonic-rs does, so a
-/// float id or time cannot differ in its last digit between the two.
+/// Reads a line (an entry or a page) with sonic-rs, and hands what it declines to serde_json.
+/// sonic-rs (SIMD) took about a quarter less time per line than serde_json here
+/// (`experiments/json_paths`), and decoding is about half of a replay's CPU. Every reject
+/// comes from serde_json, with serde_json's message, and the property test
+/// `sonic_rs_and_serde_json_agree` holds the fast path to the same events and rejects as
+/// serde_json alone, on generated and mutated lines. serde_json parses floats exactly (its
+/// `float_roundtrip` feature), as sonic-rs does, so a float id or time cannot differ in its
+/// last digit between the two.
 fn parse(text: &str) -> Result<RawLine<'_>, serde_json::Error> {
     // sonic-rs accepts a `\u` escape with too few hex digits in a value it skips, where
     // serde_json rejects the line: text with any `\u` goes to serde_json.
     if memchr::memmem::find(text.as_bytes(), b"\\u").is_some() {
         return serde_json::from_str(text);
     }
-    match sonic_rs::from_str::<RawLine<'_, serde::de::IgnoredAny>>(text) {
-        Ok(RawLine {
-            id,
-            date_create,
-            action,
-            actor,
-            context,
-            entries: None,
-        }) => Ok(RawLine {
-            id,
-            date_create,
-            action,
-            actor,
-            context,
-            entries: None,
-        }),
-        _ => serde_json::from_str(text),
+    sonic_rs::from_str(text).or_else(|_| serde_json::from_str(text))
+}
+
+/// How serde_json's error on a line is counted: a syntax error is invalid JSON, a value of the
+/// wrong type an invalid entry.
+fn error_reason(e: &serde_json::Error) -> RejectReason {
+    if e.is_data() {
+        RejectReason::InvalidEntry
+    } else {
+        RejectReason::InvalidJson
     }
 }
 
@@ -459,17 +461,19 @@ fn decode_line_with(
     let raw = match parse(trimmed) {
         Ok(raw) => raw,
         Err(e) => {
-            let reason = if e.is_data() {
-                RejectReason::InvalidEntry
-            } else {
-                RejectReason::InvalidJson
-            };
-            rejects.push(reject(reason, e.to_string(), None, trimmed));
+            rejects.push(reject(error_reason(&e), e.to_string(), None, trimmed));
             return;
         }
     };
-    if let Some(entries) = raw.entries {
-        for (i, entry) in entries.iter().enumerate() {
+    if raw.entries.is_some() {
+        let page: RawPage = match serde_json::from_str(trimmed) {
+            Ok(page) => page,
+            Err(e) => {
+                rejects.push(reject(error_reason(&e), e.to_string(), None, trimmed));
+                return;
+            }
+        };
+        for (i, entry) in page.entries.iter().enumerate() {
             let body = entry.get();
             if !body.starts_with('{') {
                 rejects.push(reject(
@@ -951,8 +955,8 @@ mod tests {
         let (mut fast, mut accepted) = (0, 0);
         for _ in 0..2_000 {
             let line = any_line().new_tree(&mut runner).unwrap().current();
-            let sonic = sonic_rs::from_str::<RawLine<'_, serde::de::IgnoredAny>>(line.trim());
-            if !line.contains("\\u") && sonic.is_ok_and(|r| r.entries.is_none()) {
+            let sonic = sonic_rs::from_str::<RawLine>(line.trim());
+            if !line.contains("\\u") && sonic.is_ok() {
                 fast += 1;
                 accepted += usize::from(!both_ways(&line)[0].0.is_empty());
             }
@@ -977,8 +981,8 @@ mod tests {
             lines += 1;
             let [fast, serde_only] = both_ways(line);
             assert_eq!(fast, serde_only, "line: {line}");
-            let raw = sonic_rs::from_str::<RawLine<'_, serde::de::IgnoredAny>>(line.trim());
-            assert!(raw.is_ok_and(|r| r.entries.is_none()), "declined: {line}");
+            let raw = sonic_rs::from_str::<RawLine>(line.trim());
+            assert!(raw.is_ok(), "declined: {line}");
         }
         assert_eq!(lines, 66);
     }
