@@ -28,8 +28,8 @@ use crate::io::sequencer::Sequencer;
 use crate::io::source::{self, SourceError};
 use crate::model::Sequenced;
 use crate::replay::{
-    self, cpu_seconds, current_rss_bytes, heuristic_setup, peak_rss_bytes, process_use,
-    ReplayError, ReplayOptions,
+    self, current_rss_bytes, heuristic_setup, peak_rss_bytes, process_use, ProcessUse, ReplayError,
+    ReplayOptions,
 };
 
 /// Everything that can stop a benchmark.
@@ -239,9 +239,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         db: None,
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let used = before
-        .zip(process_use())
-        .map(|(before, after)| after.since(&before));
+    let used = used_since(before);
     let cpu = used.map(|used| used.cpu_seconds());
     let events = report.summary.events;
     let batch = BatchResult {
@@ -420,11 +418,12 @@ fn two_places(value: Option<f64>) -> String {
     value.map_or("n/a".to_string(), |v| format!("{v:.2}"))
 }
 
-/// The process's CPU seconds since `before` (a [`cpu_seconds`] reading), if both readings exist.
-fn cpu_since(before: Option<f64>) -> Option<f64> {
+/// What the process has used since `before` (a [`process_use`] reading), if both readings
+/// exist.
+fn used_since(before: Option<ProcessUse>) -> Option<ProcessUse> {
     before
-        .zip(cpu_seconds())
-        .map(|(before, after)| after - before)
+        .zip(process_use())
+        .map(|(before, after)| after.since(&before))
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -495,7 +494,7 @@ impl LiveSetup {
         };
         let span = last - first + 1;
         let started = Instant::now();
-        let cpu_before = cpu_seconds();
+        let before = process_use();
         let mut next_sample = soak.map(|(_, every)| every);
         let mut sent = 0u64;
         let mut last_time = None;
@@ -551,7 +550,7 @@ impl LiveSetup {
         drop(offered_tx);
         live.finish()?;
         let seconds = started.elapsed().as_secs_f64();
-        let cpu_cores = cpu_since(cpu_before).map(|cpu| cpu / seconds.max(1e-9));
+        let cpu_cores = used_since(before).map(|used| used.cpu_seconds() / seconds.max(1e-9));
         receiver.join().map_err(|_| EngineError::WorkerPanicked)?;
         let Measured {
             latencies,

@@ -440,11 +440,6 @@ pub fn process_use() -> Option<ProcessUse> {
     parse_stat(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
-/// CPU time this process has used so far (user and system, all threads), if known.
-pub fn cpu_seconds() -> Option<f64> {
-    process_use().map(|used| used.cpu_seconds())
-}
-
 /// Fields 10 (minflt), 14 and 15 (utime, stime) of a `/proc/<pid>/stat` line. The times count
 /// clock ticks of `USER_HZ`, which is 100 on x86 and arm Linux.
 fn parse_stat(stat: &str) -> Option<ProcessUse> {
@@ -473,7 +468,7 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_seconds, parse_stat, process_use, ProcessUse};
+    use super::{parse_stat, process_use, ProcessUse};
 
     #[test]
     fn cpu_time_is_read_after_the_command_name() {
@@ -503,7 +498,6 @@ mod tests {
         assert_eq!(parse_stat("4242 aer R 1"), None);
         assert_eq!(parse_stat("4242 (aer) R 1 2 3"), None);
         // This process's own line parses, and it has faulted pages in.
-        assert!(cpu_seconds().is_some());
         assert!(process_use().unwrap().minor_faults > 0);
     }
 }
