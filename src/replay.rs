@@ -17,6 +17,7 @@ use crate::dataflow::{self, Cluster, EngineError, EngineInput, Placement};
 use crate::fault;
 use crate::io::asn::{AsnError, AsnTable};
 use crate::io::codec::Reject;
+use crate::io::huge_pages::HugePagesOff;
 use crate::io::sequencer::Sequencer;
 use crate::io::sink::{self, SinkError};
 use crate::io::source::{self, SourceError};
@@ -235,6 +236,9 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         }
         None => None,
     };
+    // Reading and sequencing fill fresh memory once, in order: without huge pages (see
+    // `huge_pages`); the engine runs with the process's own setting.
+    let reading = HugePagesOff::new();
     let mut decoded = source::read_inputs(&options.inputs, options.progress)?;
     if let Some(table) = &asn_table {
         for event in decoded.events_mut() {
@@ -264,6 +268,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     summary.first_time = events.first().map(|(t, _)| *t);
     summary.last_time = events.last().map(|(t, _)| *t);
     let read_time = started.elapsed();
+    drop(reading);
     tracing::debug!(
         decode_ms = decoded_at.as_millis() as u64,
         sequence_ms = (read_time - decoded_at).as_millis() as u64,

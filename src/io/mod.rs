@@ -1,9 +1,10 @@
 //! Sources and sinks: decoding Slack audit entries ([`codec`]), reading files and stdin
-//! ([`source`]), ordering and de-duplicating what they yield ([`sequencer`]), and writing
-//! `aer replay`'s output files ([`sink`]).
+//! ([`source`]), ordering and de-duplicating what they yield ([`sequencer`]), writing `aer replay`'s
+//! output files ([`sink`]), and the memory setting a replay reads under ([`huge_pages`]).
 
 pub mod asn;
 pub mod codec;
+pub mod huge_pages;
 pub mod live;
 pub mod sequencer;
 pub mod sink;
