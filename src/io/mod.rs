@@ -1,6 +1,7 @@
 //! Sources and sinks: decoding Slack audit entries ([`codec`]), reading files and stdin
-//! ([`source`]), ordering and de-duplicating what they yield ([`sequencer`]), writing `aer replay`'s
-//! output files ([`sink`]), and the memory setting a replay reads under ([`huge_pages`]).
+//! ([`source`]), ordering and de-duplicating what they yield ([`sequencer`]), writing
+//! `aer replay`'s output files ([`sink`]), and the memory setting a replay reads under
+//! ([`huge_pages`]).
 
 pub mod asn;
 pub mod codec;
