@@ -20,6 +20,42 @@ fn replay_of(input: PathBuf, out: PathBuf) -> ReplayOptions {
     }
 }
 
+/// The write end of the replay's input pipe, once the replay has opened the read end. Fails, where
+/// a plain `open` would wait for a reader for ever, if the replay ends first (an error before it
+/// opened its input) or has not opened it within a minute.
+#[cfg(target_os = "linux")]
+fn open_writer<T>(pipe: &std::path::Path, replay: &std::thread::JoinHandle<T>) -> std::fs::File {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::unix::fs::OpenOptionsExt;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(OFlag::O_NONBLOCK.bits())
+            .open(pipe);
+        match opened {
+            Ok(file) => {
+                // Blocking again, so that writing waits for the reader instead of failing.
+                fcntl(&file, FcntlArg::F_SETFL(OFlag::empty())).expect("fcntl");
+                return file;
+            }
+            // No reader yet.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENXIO as i32) => {
+                assert!(
+                    !replay.is_finished(),
+                    "the replay ended before reading its input"
+                );
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the replay did not open its input within a minute"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("opening the pipe: {e}"),
+        }
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn huge_pages_are_off_while_guarded_and_as_found_after() {
@@ -55,15 +91,14 @@ fn huge_pages_are_off_while_guarded_and_as_found_after() {
     // the replay is still reading (it waits for the end of the input), then after it.
     let dir = tempfile::tempdir().unwrap();
     let pipe = dir.path().join("input.jsonl");
-    let made = std::process::Command::new("mkfifo").arg(&pipe).status();
-    assert!(made.expect("mkfifo").success());
+    nix::unistd::mkfifo(&pipe, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
     let replay = std::thread::spawn({
         let options = replay_of(pipe.clone(), dir.path().join("a"));
         move || run_pipeline(&options)
     });
     let samples = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/data/third_party/panther_slack_audit_samples.jsonl");
-    let mut writer = std::fs::OpenOptions::new().write(true).open(&pipe).unwrap();
+    let mut writer = open_writer(&pipe, &replay);
     std::io::Write::write_all(&mut writer, &std::fs::read(samples).unwrap()).unwrap();
     assert!(disabled(), "off while the replay reads");
     drop(writer);
