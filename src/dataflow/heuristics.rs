@@ -36,6 +36,9 @@ struct UserState {
     last: Time,
     /// Events per hour bucket, for the activity count.
     hours: VecDeque<(u64, u64)>,
+    /// The sum of `hours`' counts, kept as buckets come and go (summing them for every event
+    /// walked up to H / 1 hour buckets: 336 for 14 days).
+    active: u64,
     sessions: HashMap<Option<ArcStr>, Run>,
     families: HashMap<ArcStr, Time>,
     asns: HashMap<u32, Time>,
@@ -239,14 +242,14 @@ fn observe(
     let params = &on.params;
     let h = params.history;
     // Activity in H: events in hour buckets that end after now - H.
-    while user
+    while let Some((_, gone)) = user
         .hours
-        .front()
-        .is_some_and(|(b, _)| (b + 1) * 3600 <= now.saturating_sub(h))
+        .pop_front_if(|(b, _)| (*b + 1) * 3600 <= now.saturating_sub(h))
     {
-        user.hours.pop_front();
+        user.active -= gone;
     }
-    let active: u64 = user.hours.iter().map(|(_, c)| c).sum();
+    let active = user.active;
+    debug_assert_eq!(active, user.hours.iter().map(|(_, c)| c).sum::<u64>());
     let experienced = active >= params.min_history;
     let run = match user.sessions.get_mut(&event.session) {
         Some(run) if now - run.last <= h => run,
@@ -340,6 +343,7 @@ fn observe(
         Some((b, c)) if *b == bucket => *c += 1,
         _ => user.hours.push_back((bucket, 1)),
     }
+    user.active += 1;
     user.last = now;
 }
 
