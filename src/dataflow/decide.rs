@@ -5,8 +5,9 @@
 //! made for a time is never revised and a policy change at t applies from t on.
 
 use differential_dataflow::{Hashable, VecCollection};
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;

@@ -3,6 +3,12 @@
 //! round-robin share of the sequenced events, worker 0 alone the rules, policy and Tor timelines
 //! (the others advance those inputs in step), runs until every time up to the end is final, and
 //! gathers anomalies and decisions on worker 0.
+//!
+//! The operators' maps hash with foldhash, seeded at random per process (as hashbrown's own
+//! default is), not std's SipHash: the engine looks up several maps per event, keyed by texts
+//! (enterprise, user, session ids), and SipHash was about a fifth of the engine's instructions
+//! (README, "the hashing round"). No result depends on a map's order: what is walked is
+//! sorted, consolidated or counted on the way out.
 
 pub mod cluster;
 pub mod decide;

@@ -5,7 +5,8 @@
 
 use differential_dataflow::difference::Semigroup;
 use differential_dataflow::{AsCollection, VecCollection};
-use std::collections::{BTreeMap, HashMap};
+use foldhash::HashMap;
+use std::collections::BTreeMap;
 
 use crate::model::decision::{Policy, PolicyScope};
 use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};

@@ -6,8 +6,9 @@
 
 use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
@@ -521,9 +522,17 @@ fn episodes<'s>(
             }
             for (key, was_over) in changed {
                 let details = present.get(&key);
-                let now = details.and_then(|m| m.iter().find(|(_, c)| **c > 0));
+                // The least of the present records, so that the choice never rests on the
+                // map's order (rule reasons are unique, so there is one rule per shape and
+                // at most one record here).
+                let now = details.and_then(|m| {
+                    m.iter()
+                        .filter(|(_, c)| **c > 0)
+                        .map(|(over, _)| over)
+                        .min()
+                });
                 match now {
-                    Some((over, _)) if !was_over => {
+                    Some(over) if !was_over => {
                         out.push((anomaly(&key, over, at.time, recent.get(&key)), at.time, 1));
                     }
                     None => {

@@ -4,8 +4,9 @@
 //! so a file and a stream of the same events give the same result.
 
 use crate::model::{Event, EventChunks, EventId, Sequenced, Time};
+use foldhash::{HashSet, HashSetExt};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap};
 
 /// Counters the sequencer keeps; they end up in `summary.json` and the metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -126,6 +127,8 @@ impl Sequencer {
                 let handles: Vec<_> = (0..threads)
                     .map(|me| {
                         scope.spawn(move || {
+                            // foldhash, as the engine's maps (see `dataflow`): SipHash was
+                            // most of this walk's instructions.
                             let mut seen: HashSet<&EventId> =
                                 HashSet::with_capacity(total / threads + 1);
                             let mut dropped = Vec::new();
