@@ -600,20 +600,26 @@ fn validate(raw: RawLine, body: &str) -> Result<Event, (RejectReason, String)> {
         .and_then(|u| u.id)
         .map(Scalar::into_text)
         .filter(|u| !u.is_empty())
-        .ok_or((
-            RejectReason::MissingActorUser,
-            "no actor.user.id".to_string(),
-        ))?;
+        // `_else`: the reason's text is made only for a reject (it was two allocations and
+        // frees per accepted line).
+        .ok_or_else(|| {
+            (
+                RejectReason::MissingActorUser,
+                "no actor.user.id".to_string(),
+            )
+        })?;
     let context = raw.context.unwrap_or_default();
     let enterprise = context
         .location
         .and_then(|l| l.id)
         .map(Scalar::into_text)
         .filter(|e| !e.is_empty())
-        .ok_or((
-            RejectReason::MissingLocation,
-            "no context.location.id".to_string(),
-        ))?;
+        .ok_or_else(|| {
+            (
+                RejectReason::MissingLocation,
+                "no context.location.id".to_string(),
+            )
+        })?;
     let id = match raw.id.map(Scalar::into_text) {
         Some(id) if !id.is_empty() => EventId::new(&id),
         _ => EventId::new(&derived_id(body)),
