@@ -11,6 +11,7 @@
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::{HashMap, HashMapExt};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -143,13 +144,22 @@ impl On {
     }
 }
 
-fn seen_within<K: std::hash::Hash + Eq>(
-    map: &HashMap<K, Time>,
-    key: &K,
-    now: Time,
-    h: u64,
-) -> bool {
-    map.get(key).is_some_and(|t| now - *t <= h)
+/// Records that `key` was seen at `now`, in one lookup; returns whether it had been seen within
+/// `h` before.
+fn see<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Time>, key: K, now: Time, h: u64) -> bool {
+    match map.entry(key) {
+        Entry::Occupied(mut seen) => now - std::mem::replace(seen.get_mut(), now) <= h,
+        Entry::Vacant(slot) => {
+            slot.insert(now);
+            false
+        }
+    }
+}
+
+/// How many keys other than the one just seen at `now` were seen within `h` (after [`see`]:
+/// the key seen counts itself, at `now`).
+fn others_within<K>(map: &HashMap<K, Time>, now: Time, h: u64) -> usize {
+    map.values().filter(|t| now - **t <= h).count() - 1
 }
 
 /// Builds the heuristic detectors. `state_size` records the largest state (entries) any worker
@@ -309,34 +319,32 @@ fn observe(
     }
     run.last = now;
     // Novelty, for users with enough recent history.
+    // Each is recorded as seen in one lookup; the count of the others known is taken after.
     if let Some((family, scripted)) = &family {
-        if experienced && !scripted && on.user_agent && !seen_within(&user.families, family, now, h)
-        {
-            let known = user.families.values().filter(|t| now - **t <= h).count();
+        let seen = see(&mut user.families, family.clone(), now, h);
+        if experienced && !scripted && on.user_agent && !seen {
+            let known = others_within(&user.families, now, h);
             let finding = Finding::NewFamily {
                 family: family.to_string(),
                 active,
             };
             found(finding, known);
         }
-        user.families.insert(family.clone(), now);
     }
     if let Some(asn) = event.asn {
-        if experienced && on.asn && !seen_within(&user.asns, &asn, now, h) {
-            let known = user.asns.values().filter(|t| now - **t <= h).count();
-            found(Finding::NewAsn { asn }, known);
+        let seen = see(&mut user.asns, asn, now, h);
+        if experienced && on.asn && !seen {
+            found(Finding::NewAsn { asn }, others_within(&user.asns, now, h));
         }
-        user.asns.insert(asn, now);
     }
     if let Some(prefix) = nets.and_then(|n| n.novelty) {
-        if experienced && on.ip_address && !seen_within(&user.prefixes, &prefix, now, h) {
-            let known = user.prefixes.values().filter(|t| now - **t <= h).count();
+        let seen = see(&mut user.prefixes, prefix.clone(), now, h);
+        if experienced && on.ip_address && !seen {
             let finding = Finding::NewPrefix {
                 prefix: prefix.to_string(),
             };
-            found(finding, known);
+            found(finding, others_within(&user.prefixes, now, h));
         }
-        user.prefixes.insert(prefix, now);
     }
     let bucket = now / 3600;
     match user.hours.back_mut() {
