@@ -7,7 +7,7 @@
 //! The operators' maps hash with foldhash, seeded at random per process (as hashbrown's own
 //! default is), not std's SipHash: the engine looks up several maps per event, keyed by texts
 //! (enterprise, user, session ids), and SipHash was about a fifth of the engine's instructions
-//! (README, "the hashing round"). No result depends on a map's order: what is walked is
+//! (README, "the instruction-count round"). No result depends on a map's order: what is walked is
 //! sorted, consolidated or counted on the way out.
 
 pub mod cluster;

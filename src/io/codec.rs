@@ -1029,7 +1029,8 @@ mod tests {
     }
 
     /// Texts without escapes are borrowed from the line, by either parser, whether the field
-    /// is a text or a scalar (no allocation per field); escaped ones are decoded into their own.
+    /// is a text or a scalar (no allocation per field). Escaped ones are decoded into text of
+    /// their own (the test above).
     #[test]
     fn unescaped_texts_are_borrowed() {
         for raw in [
