@@ -11,7 +11,6 @@
 
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::{HashMap, HashMapExt};
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -144,13 +143,18 @@ impl On {
     }
 }
 
-/// Records that `key` was seen at `now`, in one lookup; returns whether it had been seen within
-/// `h` before.
-fn see<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Time>, key: K, now: Time, h: u64) -> bool {
-    match map.entry(key) {
-        Entry::Occupied(mut seen) => now - std::mem::replace(seen.get_mut(), now) <= h,
-        Entry::Vacant(slot) => {
-            slot.insert(now);
+/// Records that `key` was seen at `now`; returns whether it had been seen within `h` before.
+/// One lookup when the key is known (nearly always), and a copy of it only when it is new.
+fn see<K: std::hash::Hash + Eq + Clone>(
+    map: &mut HashMap<K, Time>,
+    key: &K,
+    now: Time,
+    h: u64,
+) -> bool {
+    match map.get_mut(key) {
+        Some(last) => now - std::mem::replace(last, now) <= h,
+        None => {
+            map.insert(key.clone(), now);
             false
         }
     }
@@ -321,7 +325,7 @@ fn observe(
     // Novelty, for users with enough recent history.
     // Each is recorded as seen in one lookup; the count of the others known is taken after.
     if let Some((family, scripted)) = &family {
-        let seen = see(&mut user.families, family.clone(), now, h);
+        let seen = see(&mut user.families, family, now, h);
         if experienced && !scripted && on.user_agent && !seen {
             let known = others_within(&user.families, now, h);
             let finding = Finding::NewFamily {
@@ -332,13 +336,13 @@ fn observe(
         }
     }
     if let Some(asn) = event.asn {
-        let seen = see(&mut user.asns, asn, now, h);
+        let seen = see(&mut user.asns, &asn, now, h);
         if experienced && on.asn && !seen {
             found(Finding::NewAsn { asn }, others_within(&user.asns, now, h));
         }
     }
     if let Some(prefix) = nets.and_then(|n| n.novelty) {
-        let seen = see(&mut user.prefixes, prefix.clone(), now, h);
+        let seen = see(&mut user.prefixes, &prefix, now, h);
         if experienced && on.ip_address && !seen {
             let finding = Finding::NewPrefix {
                 prefix: prefix.to_string(),
