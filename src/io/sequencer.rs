@@ -32,6 +32,19 @@ pub struct Sequencer {
     stats: SequencerStats,
 }
 
+/// Sorts a block of events by (time, id). A block already in time order (as audit logs mostly
+/// come) only needs each run of equal times sorted by id: a few events each, where sorting the
+/// whole block moved every event through a quicksort (3% of a replay's instructions).
+fn sort_block(block: &mut [Event]) {
+    if block.is_sorted_by_key(|e| e.time) {
+        for same_time in block.chunk_by_mut(|a, b| a.time == b.time) {
+            same_time.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        }
+    } else {
+        block.sort_unstable_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+    }
+}
+
 impl Sequencer {
     pub fn new(lateness: Option<u64>, dedup_horizon: u64) -> Self {
         Sequencer {
@@ -162,7 +175,7 @@ impl Sequencer {
                     for (block, keep) in blocks.iter_mut().zip(keep) {
                         let mut keep = keep.iter();
                         block.retain(|_| *keep.next().expect("one flag per event"));
-                        block.sort_unstable_by(|a, b| (a.time, &a.id).cmp(&(b.time, &b.id)));
+                        sort_block(block);
                     }
                 });
             }
@@ -304,6 +317,35 @@ mod tests {
         assert_eq!(sorted.into_iter().collect::<Vec<_>>(), streamed);
         assert_eq!(&stats, s.stats());
         assert!(stats.duplicates > 0);
+    }
+
+    /// Input in time order (as audit logs mostly come), with many events per second in no
+    /// order of id, and one block out of time order: `sort_block`'s two paths.
+    #[test]
+    fn sort_all_orders_ids_within_each_second_of_time_ordered_blocks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut time = 0;
+        let mut events: Vec<Event> = (0..3000)
+            .map(|_| {
+                time += rng.gen_range(0..3);
+                ev(&format!("id{}", rng.gen_range(0..100_000)), time)
+            })
+            .collect();
+        events[1510..1530].reverse();
+        let mut s = Sequencer::new(None, 10);
+        let mut streamed = Vec::new();
+        for e in events.clone() {
+            s.push(e, &mut streamed);
+        }
+        s.finish(&mut streamed);
+        let blocks: Vec<Vec<Event>> = events.chunks(500).map(<[Event]>::to_vec).collect();
+        // Both paths are taken: a block in time order whose ids are not, and a block that is not.
+        assert!(blocks[0].is_sorted_by_key(|e| e.time));
+        assert!(!blocks[0].is_sorted_by_key(|e| (e.time, e.id.clone())));
+        assert!(!blocks[3].is_sorted_by_key(|e| e.time));
+        let (sorted, _) = Sequencer::sort_all(blocks);
+        assert_eq!(sorted.into_iter().collect::<Vec<_>>(), streamed);
     }
 
     #[test]
