@@ -367,7 +367,7 @@ impl PolicyView {
 
 #[cfg(test)]
 mod tests {
-    use super::delay_by;
+    use super::{delay_by, Pending, Time};
     use differential_dataflow::input::Input;
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
@@ -437,5 +437,54 @@ mod tests {
                 "updates released before the input reached them"
             );
         });
+    }
+
+    /// After every append and sort, the pending queue holds what a stable sort by time of its
+    /// updates in arrival order gives: for batches in time order, batches in order within but
+    /// starting before the last one ended, and batches out of order within; with releases of
+    /// a complete prefix in between.
+    #[test]
+    fn pending_updates_stay_in_stable_time_order() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut sorts = [0usize; 2];
+        for kind in 0..3 {
+            let mut pending: Pending<u32, i64> = Pending::default();
+            let mut model: Vec<(u32, Time, i64)> = Vec::new();
+            let mut time: Time = 100;
+            for round in 0..200u32 {
+                let mut batch: Vec<(u32, Time, i64)> = (0..rng.gen_range(0..12u32))
+                    .map(|i| {
+                        time += rng.gen_range(0..3);
+                        let t = match kind {
+                            2 => time - rng.gen_range(0..6),
+                            _ => time,
+                        };
+                        (round * 100 + i, t, 1)
+                    })
+                    .collect();
+                if kind == 1 && round % 4 == 0 {
+                    // In order within, but starting before what is pending ends.
+                    for update in &mut batch {
+                        update.1 -= 8;
+                    }
+                }
+                model.extend(batch.iter().cloned());
+                model.sort_by_key(|(_, t, _)| *t);
+                pending.append(&mut batch);
+                assert!(batch.is_empty());
+                sorts[usize::from(pending.sorted)] += 1;
+                pending.sort();
+                assert_eq!(pending.updates.iter().cloned().collect::<Vec<_>>(), model);
+                let frontier = time - 4;
+                let ready = pending.ready(|t| *t < frontier);
+                assert_eq!(ready, model.partition_point(|(_, t, _)| *t < frontier));
+                pending.updates.drain(..ready);
+                model.drain(..ready);
+                assert_eq!(pending.first_time(), model.first().map(|(_, t, _)| *t));
+            }
+        }
+        // Both paths were taken: appends that kept the order and appends that broke it.
+        assert!(sorts[0] > 0 && sorts[1] > 0, "{sorts:?}");
     }
 }
