@@ -218,6 +218,10 @@ where
         // One capability, at or before the earliest pending time (times are totally ordered).
         let mut held: Option<Capability<Time>> = None;
         let mut produced: Vec<O> = Vec::new();
+        // How much the last activation produced. Sending hands `produced` itself downstream (it
+        // comes back empty, without room), so each activation's output would grow from nothing,
+        // copying itself at every doubling; room for as much as last time is made up front.
+        let mut last_produced = 0;
         move |(in_left, frontier_left), (in_right, frontier_right), output| {
             let index = output.output_index();
             in_left.for_each_stamp(|cap, data| {
@@ -240,6 +244,7 @@ where
             let ready_left = pending_left.ready(complete);
             let ready_right = pending_right.ready(complete);
             if ready_left + ready_right > 0 {
+                produced.reserve(last_produced);
                 let mut lefts = pending_left.updates.drain(..ready_left).peekable();
                 let mut rights = pending_right.updates.drain(..ready_right).peekable();
                 loop {
@@ -269,6 +274,7 @@ where
             // at or before every time processed); then the capability moves to what is left.
             if let Some(cap) = held.as_ref() {
                 if !produced.is_empty() {
+                    last_produced = produced.len();
                     output.session(cap).give_container(&mut produced);
                     produced.clear();
                 }
