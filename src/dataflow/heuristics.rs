@@ -68,52 +68,67 @@ impl UserState {
 /// What the detectors derive from a user agent (client family, scripted) and from an address
 /// (fingerprint network, novelty prefix), computed once per distinct value instead of once per
 /// event: parsing and formatting addresses and lower-casing user agents was a tenth of the
-/// workers' time. Keyed by the address of the interned text; each entry holds its text, so that
-/// address cannot be reused while the entry lives. Text that was not shared (an interning cache
-/// was full) only costs an extra entry. Cleared when it reaches [`Derived::CAP`] entries.
+/// workers' time. Handed out by reference: cloning the derived texts and dropping the clones
+/// cost two reference-count writes per text per event.
 #[derive(Default)]
 struct Derived {
-    families: HashMap<usize, (ArcStr, (ArcStr, bool))>,
-    nets: HashMap<usize, (ArcStr, Nets)>,
+    families: ByText<(ArcStr, bool)>,
+    nets: ByText<Nets>,
+}
+
+/// One derived value per interned text, keyed by the text's address; each entry holds its text,
+/// so that address cannot be reused while the entry lives. Text that was not shared (an
+/// interning cache was full) only costs an extra entry. Cleared when it reaches
+/// [`ByText::CAP`] entries.
+struct ByText<V> {
+    map: HashMap<usize, (ArcStr, V)>,
+}
+
+impl<V> Default for ByText<V> {
+    fn default() -> Self {
+        ByText {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<V> ByText<V> {
+    const CAP: usize = 1 << 16;
+
+    fn get(&mut self, text: &ArcStr, derive: impl FnOnce(&str) -> V) -> &V {
+        if self.map.len() >= Self::CAP {
+            self.map.clear();
+        }
+        let entry = self
+            .map
+            .entry(text.as_ptr() as usize)
+            .or_insert_with(|| (text.clone(), derive(text)));
+        &entry.1
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 /// An address's networks: the /24 (/64) of a session fingerprint and the /16 (/32) the
 /// novelty detector learns.
-#[derive(Clone)]
 struct Nets {
     fingerprint: Option<ArcStr>,
     novelty: Option<ArcStr>,
 }
 
-impl Derived {
-    const CAP: usize = 1 << 16;
+/// A user agent's client family, and whether it is a scripted client.
+fn family_of(ua: &str, scripted: &[String]) -> (ArcStr, bool) {
+    let (family, scripted) = client_family(ua, scripted);
+    (ArcStr::from(family), scripted)
+}
 
-    fn family(&mut self, ua: &ArcStr, scripted: &[String]) -> (ArcStr, bool) {
-        if self.families.len() >= Self::CAP {
-            self.families.clear();
-        }
-        let entry = self
-            .families
-            .entry(ua.as_ptr() as usize)
-            .or_insert_with(|| {
-                let (family, scripted) = client_family(ua, scripted);
-                (ua.clone(), (ArcStr::from(family), scripted))
-            });
-        entry.1.clone()
-    }
-
-    fn nets(&mut self, ip: &ArcStr) -> Nets {
-        if self.nets.len() >= Self::CAP {
-            self.nets.clear();
-        }
-        let entry = self.nets.entry(ip.as_ptr() as usize).or_insert_with(|| {
-            let nets = Nets {
-                fingerprint: fingerprint_net(Some(ip), None).map(ArcStr::from),
-                novelty: novelty_prefix(ip).map(ArcStr::from),
-            };
-            (ip.clone(), nets)
-        });
-        entry.1.clone()
+fn nets_of(ip: &str) -> Nets {
+    Nets {
+        fingerprint: fingerprint_net(Some(ip), None).map(ArcStr::from),
+        novelty: novelty_prefix(ip).map(ArcStr::from),
     }
 }
 
@@ -273,11 +288,12 @@ fn observe(
         }
     };
     let mut found = |finding: Finding, known: usize| emit(finding.anomaly(event, now, known, h));
-    let family = event
-        .ua
-        .as_ref()
-        .map(|ua| derived.family(ua, &params.scripted_clients));
-    let nets = event.ip.as_ref().map(|ip| derived.nets(ip));
+    let family = event.ua.as_ref().map(|ua| {
+        derived
+            .families
+            .get(ua, |ua| family_of(ua, &params.scripted_clients))
+    });
+    let nets = event.ip.as_ref().map(|ip| derived.nets.get(ip, nets_of));
     // Tor exit nodes: once per (user, session run).
     if on.tor && !run.tor_flagged {
         if let Some(ip) = event.ip.as_deref().filter(|ip| tor.contains(*ip)) {
@@ -286,7 +302,7 @@ fn observe(
         }
     }
     // Scripted clients: once per (user, session run).
-    if let Some((client, true)) = &family {
+    if let Some((client, true)) = family {
         if on.client && !run.client_flagged {
             run.client_flagged = true;
             found(
@@ -299,18 +315,22 @@ fn observe(
     }
     // Session fingerprint: the session's first user agent and network, learned as they appear.
     if event.session.is_some() {
+        let asn_net;
         let net = match event.asn {
-            Some(asn) => fingerprint_net(None, Some(asn)).map(ArcStr::from),
-            None => nets.as_ref().and_then(|n| n.fingerprint.clone()),
+            Some(asn) => {
+                asn_net = fingerprint_net(None, Some(asn)).map(ArcStr::from);
+                asn_net.as_ref()
+            }
+            None => nets.and_then(|n| n.fingerprint.as_ref()),
         };
         let ua_changed = matches!((&run.ua, &event.ua), (Some(a), Some(b)) if a != b);
-        let net_changed = matches!((&run.net, &net), (Some(a), Some(b)) if a != b);
+        let net_changed = matches!((&run.net, net), (Some(a), Some(b)) if a != b);
         if (ua_changed || net_changed) && on.fingerprint && !run.fingerprint_flagged {
             run.fingerprint_flagged = true;
             let finding = Finding::Fingerprint {
                 first_ua: run.ua.clone(),
                 first_net: run.net.as_ref().map(|n| n.to_string()),
-                net: net.as_ref().map(|n| n.to_string()),
+                net: net.map(|n| n.to_string()),
             };
             found(finding, 0);
         }
@@ -318,15 +338,15 @@ fn observe(
             run.ua = event.ua.clone();
         }
         if run.net.is_none() {
-            run.net = net;
+            run.net = net.cloned();
         }
     }
     run.last = now;
     // Novelty, for users with enough recent history.
     // Each is recorded as seen in one lookup; the count of the others known is taken after.
-    if let Some((family, scripted)) = &family {
+    if let Some((family, scripted)) = family {
         let seen = see(&mut user.families, family, now, h);
-        if experienced && !scripted && on.user_agent && !seen {
+        if experienced && !*scripted && on.user_agent && !seen {
             let known = others_within(&user.families, now, h);
             let finding = Finding::NewFamily {
                 family: family.to_string(),
@@ -341,8 +361,8 @@ fn observe(
             found(Finding::NewAsn { asn }, others_within(&user.asns, now, h));
         }
     }
-    if let Some(prefix) = nets.and_then(|n| n.novelty) {
-        let seen = see(&mut user.prefixes, &prefix, now, h);
+    if let Some(prefix) = nets.and_then(|n| n.novelty.as_ref()) {
+        let seen = see(&mut user.prefixes, prefix, now, h);
         if experienced && on.ip_address && !seen {
             let finding = Finding::NewPrefix {
                 prefix: prefix.to_string(),
@@ -384,7 +404,7 @@ pub fn parse_tor_list(text: &str) -> (BTreeSet<String>, Vec<(usize, String)>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_tor_list, Derived};
+    use super::{family_of, nets_of, parse_tor_list, ByText, Derived, Nets};
     use crate::model::client::{client_family, fingerprint_net, novelty_prefix};
     use crate::model::ArcStr;
 
@@ -396,15 +416,15 @@ mod tests {
         let copy = ArcStr::from("curl/8.5.0");
         assert!(!ArcStr::ptr_eq(&ua, &copy));
         for u in [&ua, &copy, &ua] {
-            let (family, is_scripted) = derived.family(u, &scripted);
+            let (family, is_scripted) = derived.families.get(u, |u| family_of(u, &scripted));
             assert_eq!(
-                (family.to_string(), is_scripted),
+                (family.to_string(), *is_scripted),
                 client_family(u, &scripted)
             );
         }
         assert_eq!(derived.families.len(), 2, "one entry per allocation");
         for text in ["1.2.3.4", "2001:db8:1:2::5", "not an address"] {
-            let nets = derived.nets(&ArcStr::from(text));
+            let nets = derived.nets.get(&ArcStr::from(text), nets_of);
             assert_eq!(
                 nets.fingerprint.as_deref(),
                 fingerprint_net(Some(text), None).as_deref()
@@ -412,15 +432,15 @@ mod tests {
             assert_eq!(nets.novelty.as_deref(), novelty_prefix(text).as_deref());
         }
         // The cache starts over at its bound instead of growing.
-        let kept: Vec<ArcStr> = (0..Derived::CAP + 10)
+        let kept: Vec<ArcStr> = (0..ByText::<Nets>::CAP + 10)
             .map(|i| ArcStr::from(format!("10.0.{}.{}", i / 256 % 256, i % 256)))
             .collect();
         for ip in &kept {
-            derived.nets(ip);
+            derived.nets.get(ip, nets_of);
         }
-        assert!(derived.nets.len() <= Derived::CAP);
+        assert!(derived.nets.len() <= ByText::<Nets>::CAP);
         assert_eq!(
-            derived.nets(&kept[5]).fingerprint.as_deref(),
+            derived.nets.get(&kept[5], nets_of).fingerprint.as_deref(),
             Some("10.0.0.0/24")
         );
     }
