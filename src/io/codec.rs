@@ -367,15 +367,9 @@ type SharedCompanions = Companions<ArcStr>;
 /// interning sets keep at most [`INTERN_CAPACITY`] texts each.
 const SESSION_CACHE_CAPACITY: usize = 1 << 16;
 
-/// A session id as the cache's key: its bytes, held in the entry itself up to 24 bytes (Slack's
-/// session ids are about ten digits). A key that points to its text costs a cache miss per line
-/// to compare: the decoder streams megabytes of lines between two events of a session, and the
-/// session cache's lookup was then half of its time, most of it reading the keys' texts.
-type SessionKey = smallvec::SmallVec<[u8; 24]>;
-
 thread_local! {
     static BY_SESSION: std::cell::RefCell<
-        std::collections::HashMap<SessionKey, SharedCompanions, foldhash::fast::RandomState>,
+        std::collections::HashMap<ArcStr, SharedCompanions, foldhash::fast::RandomState>,
     > = std::cell::RefCell::new(Default::default());
 }
 
@@ -397,7 +391,7 @@ fn intern_companions(texts: Companions<&str>) -> SharedCompanions {
         return fresh(&texts);
     };
     BY_SESSION.with_borrow_mut(|cache| {
-        if let Some(last) = cache.get_mut(session.as_bytes()) {
+        if let Some(last) = cache.get_mut(session) {
             refresh(&mut last.user, texts.user, intern_permanent);
             refresh(&mut last.enterprise, texts.enterprise, intern_permanent);
             refresh_optional(&mut last.ip, texts.ip);
@@ -408,7 +402,8 @@ fn intern_companions(texts: Companions<&str>) -> SharedCompanions {
             cache.clear();
         }
         let shared = fresh(&texts);
-        cache.insert(SessionKey::from_slice(session.as_bytes()), shared.clone());
+        let key = shared.session.clone().expect("a session");
+        cache.insert(key, shared.clone());
         shared
     })
 }
@@ -760,8 +755,8 @@ mod tests {
             (0usize..7, 0usize..3, 0usize..2, 0usize..4, 0usize..4),
             1..40,
         )) {
-            // The last two are longer than the cache keeps inline, and alike in their first 24
-            // bytes: the cache must tell them apart by their whole text.
+            // The last two are long and alike in their first 24 bytes: the cache must tell
+            // sessions apart by their whole text (a key cut short, or kept as a prefix, fails).
             const SESSIONS: [Option<&str>; 7] = [
                 None,
                 Some("\"s1\""),
