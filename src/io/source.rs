@@ -102,9 +102,15 @@ struct DecodedBlock {
     physical_lines: u64,
 }
 
-/// The reading pipeline: this thread reads blocks of whole lines and deals them round robin to
-/// long-lived decoder threads (so each keeps its interning cache for the whole input), while it
-/// collects earlier blocks' results in order. At most two blocks per decoder are in flight.
+/// The reading pipeline: this thread reads blocks of whole lines and puts them on one queue that
+/// long-lived decoder threads (one per core, each keeping its interning cache for the whole
+/// input) take from as each becomes free, while it collects the results in input order. At
+/// most two blocks per decoder are in flight.
+///
+/// A shared queue, not a fixed turn per decoder: on this project's 2-core VM the two cores'
+/// speeds differ from moment to moment (`aer bench --operator-times` showed one worker 30% slower
+/// than the other on the same share of work, the slower one changing from run to run), and with
+/// fixed turns the faster decoder waited for the slower one's blocks.
 ///
 /// Decoders hand each block's buffer back once decoded, and this thread refills it: a fresh
 /// multi-megabyte buffer per block would be new memory from the OS each time, which the kernel
@@ -117,39 +123,54 @@ fn read_blocks(
     out: &mut Decoded,
     block_size: usize,
 ) -> Result<(), SourceError> {
-    use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+    use std::sync::mpsc::{channel, sync_channel};
+    use std::sync::{Arc, Mutex};
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut reader = reader;
     std::thread::scope(|scope| {
-        let mut to_decoders: Vec<SyncSender<(Vec<u8>, usize)>> = Vec::with_capacity(threads);
-        let mut from_decoders: Vec<Receiver<DecodedBlock>> = Vec::with_capacity(threads);
+        // Blocks to decode, numbered in input order; whichever decoder is free takes the next.
+        let (to_decoders, work) = sync_channel::<(usize, Vec<u8>, usize)>(threads);
+        let work = Arc::new(Mutex::new(work));
+        // Decoded blocks with their numbers, in the order they finish; `None` if a decoder
+        // panicked (so that the collector stops instead of waiting for that block forever).
+        let (done_tx, from_decoders) = channel::<(usize, Option<DecodedBlock>)>();
         // Emptied buffers, back from the decoders (never more than the blocks in flight).
-        let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (recycle_tx, recycle_rx) = channel::<Vec<u8>>();
         for _ in 0..threads {
-            let (block_tx, block_rx) = sync_channel::<(Vec<u8>, usize)>(2);
-            let (done_tx, done_rx) = sync_channel::<DecodedBlock>(2);
-            let recycle_tx = recycle_tx.clone();
-            scope.spawn(move || {
-                for (block, lines) in block_rx {
-                    let decoded = decode_block(&block, lines, name);
-                    // The reader may have finished and gone: then the buffer is simply freed.
-                    let _ = recycle_tx.send(block);
-                    if done_tx.send(decoded).is_err() {
-                        break;
-                    }
+            let (work, done_tx, recycle_tx) = (work.clone(), done_tx.clone(), recycle_tx.clone());
+            scope.spawn(move || loop {
+                // The lock is held only while waiting for the next block.
+                let next = work
+                    .lock()
+                    .map_err(|_| ())
+                    .and_then(|w| w.recv().map_err(|_| ()));
+                let Ok((number, block, lines)) = next else {
+                    break;
+                };
+                let decoded = std::panic::catch_unwind(|| decode_block(&block, lines, name)).ok();
+                let failed = decoded.is_none();
+                // The reader may have finished and gone: then the buffer is simply freed.
+                let _ = recycle_tx.send(block);
+                if done_tx.send((number, decoded)).is_err() || failed {
+                    break;
                 }
             });
-            to_decoders.push(block_tx);
-            from_decoders.push(done_rx);
         }
+        drop(done_tx);
+        // Blocks decoded ahead of the next one in order.
+        let mut ahead: std::collections::BTreeMap<usize, DecodedBlock> = Default::default();
         let (mut sent, mut collected) = (0usize, 0usize);
         // Lines read so far (for read errors), and lines before the next block collected.
         let mut line = 0u64;
         let mut collected_lines = 0u64;
         let mut collect = |collected: &mut usize, out: &mut Decoded| {
-            let block = from_decoders[*collected % threads]
-                .recv()
-                .expect("a decoder thread panicked");
+            let block = loop {
+                if let Some(block) = ahead.remove(collected) {
+                    break block;
+                }
+                let (number, block) = from_decoders.recv().expect("decoder threads are running");
+                ahead.insert(number, block.expect("a decoder thread panicked"));
+            };
             *collected += 1;
             let DecodedBlock {
                 events,
@@ -205,8 +226,8 @@ fn read_blocks(
             }
             let lines = memchr::memchr_iter(b'\n', &block).count();
             line += lines as u64;
-            to_decoders[sent % threads]
-                .send((block, lines))
+            to_decoders
+                .send((sent, block, lines))
                 .expect("a decoder thread panicked");
             sent += 1;
             if sent - collected >= 2 * threads {
