@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::dataflow::live::{Command, Live, LiveSettings, Output};
+use crate::dataflow::profile::WorkerTimes;
 use crate::dataflow::EngineError;
 use crate::generate::{generate, GenerateOptions};
 use crate::io::sequencer::Sequencer;
@@ -67,6 +68,8 @@ pub struct BenchOptions {
     /// Interval between the soak's RSS samples.
     pub sample_every: Duration,
     pub progress: bool,
+    /// Record the batch phase's operator times (see `dataflow::profile`).
+    pub operator_times: bool,
 }
 
 /// Latency percentiles in milliseconds.
@@ -127,6 +130,9 @@ pub struct BatchResult {
     pub system_seconds: Option<f64>,
     /// Minor page faults over `seconds` (a transparent huge page counts once).
     pub minor_faults: Option<u64>,
+    /// Each worker's time per operator, with `--operator-times` (otherwise empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub operator_times: Vec<WorkerTimes>,
 }
 
 /// The live phase's result.
@@ -188,6 +194,64 @@ pub struct BenchReport {
     pub soak: Option<SoakResult>,
 }
 
+/// The operator times as lines: each worker's wall time, inside and outside the dataflow, then
+/// the operators by name (the busiest first, as worker 0 ranks them), one column per worker.
+/// Operators under 0.5% of every worker's wall time are summed in one line.
+pub fn operator_table(times: &[WorkerTimes]) -> Vec<String> {
+    let Some(first) = times.first() else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for w in times {
+        lines.push(format!(
+            "operators: worker {}: {:.1} ms, {:.1} ms in the dataflow, {:.1} ms outside it (feeding, waiting)",
+            w.worker,
+            w.wall_ms,
+            w.dataflow_ms,
+            w.outside_ms()
+        ));
+    }
+    let mut rest = vec![0.0; times.len()];
+    let mut rest_count = 0;
+    for op in &first.operators {
+        let per_worker: Vec<f64> = times
+            .iter()
+            .map(|w| {
+                w.operators
+                    .iter()
+                    .find(|o| o.id == op.id)
+                    .map_or(0.0, |o| o.busy_ms)
+            })
+            .collect();
+        let small = times
+            .iter()
+            .zip(&per_worker)
+            .all(|(w, ms)| *ms < w.wall_ms * 0.005);
+        if small {
+            rest_count += 1;
+            for (r, ms) in rest.iter_mut().zip(&per_worker) {
+                *r += ms;
+            }
+            continue;
+        }
+        let cells: Vec<String> = per_worker.iter().map(|ms| format!("{ms:8.1}")).collect();
+        lines.push(format!(
+            "operators: {:<26} {} ms",
+            format!("{} (id {})", op.name, op.id),
+            cells.join(" ")
+        ));
+    }
+    if rest_count > 0 {
+        let cells: Vec<String> = rest.iter().map(|ms| format!("{ms:8.1}")).collect();
+        lines.push(format!(
+            "operators: {:<26} {} ms",
+            format!("{rest_count} others"),
+            cells.join(" ")
+        ));
+    }
+    lines
+}
+
 /// Resets the process's peak RSS (VmHWM), so the next phase reports its own peak.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -237,6 +301,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         out: dir.path().join("out"),
         progress: options.progress,
         db: None,
+        operator_times: options.operator_times,
     })?;
     let seconds = started.elapsed().as_secs_f64();
     let used = used_since(before);
@@ -256,6 +321,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         cpu_cores: cpu.map(|c| c / seconds.max(1e-9)),
         system_seconds: used.map(|used| used.system_seconds),
         minor_faults: used.map(|used| used.minor_faults),
+        operator_times: report.operator_times.clone(),
     };
     say(&format!(
         "batch: {} events in {:.2} s: {:.0} events/s ({:.2} s reading, {:.2} s in the engine), peak RSS {}, {} anomalies, {} decisions; CPU {} s ({} cores; system {} s, {} minor faults)",
@@ -275,6 +341,9 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
             .map_or("n/a".to_string(), |n| n.to_string()),
     ));
     drop(report);
+    for line in operator_table(&batch.operator_times) {
+        say(&line);
+    }
 
     if options.rate == 0 && options.soak.is_none() {
         return Ok(BenchReport {
@@ -618,5 +687,65 @@ fn measure(
             }
             Output::Anomaly(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataflow::profile::OperatorTime;
+
+    fn op(name: &str, id: usize, busy_ms: f64) -> OperatorTime {
+        OperatorTime {
+            name: name.to_string(),
+            id,
+            busy_ms,
+            activations: 1,
+        }
+    }
+
+    /// One line per worker, then one per operator in worker 0's order with a column per worker
+    /// (matched by id, since names repeat), and operators under 0.5% of every worker's wall time
+    /// summed in one line.
+    #[test]
+    fn operator_table_lists_workers_then_operators_with_the_small_ones_summed() {
+        let times = vec![
+            WorkerTimes {
+                worker: 0,
+                wall_ms: 1000.0,
+                dataflow_ms: 700.0,
+                operators: vec![
+                    op("Heuristics", 9, 300.0),
+                    op("Map", 4, 20.0),
+                    op("Map", 5, 2.0),
+                    op("Probe", 7, 1.0),
+                ],
+            },
+            WorkerTimes {
+                worker: 1,
+                wall_ms: 1000.0,
+                dataflow_ms: 600.0,
+                operators: vec![
+                    op("Heuristics", 9, 250.0),
+                    op("Map", 5, 30.0),
+                    op("Map", 4, 3.0),
+                    op("Probe", 7, 0.5),
+                ],
+            },
+        ];
+        let lines = operator_table(&times);
+        assert_eq!(lines.len(), 6, "{lines:#?}");
+        assert!(
+            lines[0].contains("worker 0: 1000.0 ms, 700.0 ms in the dataflow, 300.0 ms outside")
+        );
+        assert!(
+            lines[1].contains("worker 1: 1000.0 ms, 600.0 ms in the dataflow, 400.0 ms outside")
+        );
+        assert!(lines[2].contains("Heuristics (id 9)") && lines[2].ends_with("300.0    250.0 ms"));
+        assert!(lines[3].contains("Map (id 4)") && lines[3].ends_with("20.0      3.0 ms"));
+        // Map 5 is small on worker 0 but not on worker 1: listed.
+        assert!(lines[4].contains("Map (id 5)") && lines[4].ends_with("2.0     30.0 ms"));
+        assert!(lines[5].contains("1 others") && lines[5].ends_with("1.0      0.5 ms"));
+        assert!(operator_table(&[]).is_empty());
     }
 }

@@ -81,6 +81,10 @@ struct BenchArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Report the batch phase's time per dataflow operator on each worker, and each worker's
+    /// time outside them (feeding and waiting). Recording costs a few per cent.
+    #[arg(long)]
+    operator_times: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -373,6 +377,7 @@ fn cmd_replay(
         out: out.clone(),
         progress: std::io::stderr().is_terminal(),
         db,
+        operator_times: false,
     };
     let report = replay::replay(&options)?;
     if let Some(c) = cluster.as_ref().filter(|c| c.process != 0) {
@@ -586,6 +591,7 @@ fn cmd_demo(
         out: out.clone(),
         progress: std::io::stderr().is_terminal(),
         db: None,
+        operator_times: false,
     })?;
     print_measurements(&report, workers);
     print!("{}", demo_summary(&report, &generated.labels));
@@ -825,6 +831,7 @@ fn cmd_bench(args: BenchArgs) -> Result<(), AnyError> {
         soak: args.soak,
         sample_every: args.sample_every,
         progress: std::io::stderr().is_terminal(),
+        operator_times: args.operator_times,
     };
     let report = bench(&options, &mut |line| println!("{line}"))?;
     if let Some(path) = args.json {

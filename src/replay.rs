@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError, DetectorsConfig};
 use crate::dataflow::heuristics::parse_tor_list;
+use crate::dataflow::profile::WorkerTimes;
 use crate::dataflow::{self, Cluster, EngineError, EngineInput, Placement};
 use crate::fault;
 use crate::io::asn::{AsnError, AsnTable};
@@ -71,6 +72,8 @@ pub struct ReplayOptions {
     pub progress: bool,
     /// The response stage's job store; default `<out>/aer.db`.
     pub db: Option<PathBuf>,
+    /// Record each worker's operator times (`aer bench --operator-times`).
+    pub operator_times: bool,
 }
 
 /// `summary.json`: counts only, nothing that depends on timing or the worker count.
@@ -129,6 +132,8 @@ pub struct ReplayReport {
     pub notifications: Vec<Notification>,
     pub response: ResponseReport,
     pub rejects: Vec<Reject>,
+    /// Each worker's operator times, when asked for.
+    pub operator_times: Vec<WorkerTimes>,
     pub read_time: Duration,
     pub engine_time: Duration,
     pub total_time: Duration,
@@ -278,6 +283,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     let engine_started = Instant::now();
     let mut input = EngineInput::new(events, rules, policies);
     input.session_expiry = options.config.engine.session_expiry.as_secs();
+    input.operator_times = options.operator_times;
     let (heuristics, tor) = heuristic_setup(&options.config.detectors, asn_table.is_some())?;
     input.heuristics = heuristics;
     input.tor = tor.map(|ips| vec![(0, ips)]).unwrap_or_default();
@@ -285,7 +291,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         threads: options.workers.max(1),
         cluster: options.cluster.clone(),
     };
-    let (output, _) = dataflow::run_placed(Arc::new(input), &placement, options.progress)?;
+    let (output, stats) = dataflow::run_placed(Arc::new(input), &placement, options.progress)?;
     let (anomalies, decisions) = (output.anomalies, output.decisions);
     let engine_time = engine_started.elapsed();
     summary.anomalies = anomalies.len() as u64;
@@ -322,6 +328,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         notifications: Vec::new(),
         response: ResponseReport::default(),
         rejects,
+        operator_times: stats.operator_times,
         read_time,
         engine_time,
         total_time: started.elapsed(),

@@ -417,6 +417,7 @@ async fn aer_run_over_http_gives_the_replay_results() {
                 out,
                 progress: false,
                 db: None,
+                operator_times: false,
             })
             .unwrap()
         }

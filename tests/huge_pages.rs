@@ -17,6 +17,7 @@ fn replay_of(input: PathBuf, out: PathBuf) -> ReplayOptions {
         out,
         progress: false,
         db: None,
+        operator_times: false,
     }
 }
 

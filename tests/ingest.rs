@@ -52,6 +52,7 @@ fn replaying_the_panther_samples_counts_rejects_and_duplicates() {
         out: out.path().to_path_buf(),
         progress: false,
         db: None,
+        operator_times: false,
     })
     .unwrap();
     let s = &report.summary;
@@ -105,6 +106,7 @@ fn replay_output_is_identical_for_one_and_two_workers() {
             out: out.clone(),
             progress: false,
             db: None,
+            operator_times: false,
         })
         .unwrap();
         outs.push(out);
@@ -142,4 +144,87 @@ fn replay_output_is_identical_for_one_and_two_workers() {
             "{label:?}"
         );
     }
+}
+
+/// `operator_times` (`aer bench --operator-times`) records where each worker's time went without
+/// changing a result: the same anomalies and decisions as without it, one record per worker,
+/// each of the graph's named operators timed on each, and the parts within the whole.
+#[test]
+fn operator_times_name_every_worker_and_operator_and_change_no_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut file = std::fs::File::create(&input).unwrap();
+    generate(
+        &GenerateOptions {
+            events: 10_000,
+            enterprises: 2,
+            days: 2,
+            seed: 11,
+            ..GenerateOptions::default()
+        },
+        &mut file,
+    )
+    .unwrap();
+    drop(file);
+    let run = |operator_times: bool| {
+        aer::replay::run_pipeline(&ReplayOptions {
+            inputs: vec![input.clone()],
+            config: Config::default(),
+            workers: 2,
+            cluster: None,
+            out: dir.path().join("unused"),
+            progress: false,
+            db: None,
+            operator_times,
+        })
+        .unwrap()
+    };
+    let plain = run(false);
+    let timed = run(true);
+    assert!(plain.operator_times.is_empty(), "off unless asked for");
+    assert!(!plain.anomalies.is_empty());
+    assert_eq!(timed.anomalies, plain.anomalies);
+    assert_eq!(timed.decisions, plain.decisions);
+    let workers: Vec<usize> = timed.operator_times.iter().map(|w| w.worker).collect();
+    assert_eq!(workers, vec![0, 1]);
+    for w in &timed.operator_times {
+        for name in [
+            "Screen",
+            "MatchRules",
+            "WindowCounts",
+            "BucketCounts",
+            "EpisodeStart",
+            "Heuristics",
+            "DecisionFold",
+        ] {
+            let op = w.operators.iter().find(|o| o.name == name);
+            let op = op.unwrap_or_else(|| panic!("worker {}: no {name}", w.worker));
+            assert!(op.activations > 0, "worker {}: {name} never ran", w.worker);
+        }
+        let operators: f64 = w.operators.iter().map(|o| o.busy_ms).sum();
+        assert!(w.dataflow_ms > 0.0);
+        // The dataflow's activations contain its operators' (clock reads round down: 1 ms).
+        assert!(
+            operators <= w.dataflow_ms + 1.0,
+            "{operators} > {}",
+            w.dataflow_ms
+        );
+        assert!(
+            w.dataflow_ms <= w.wall_ms,
+            "{} > {}",
+            w.dataflow_ms,
+            w.wall_ms
+        );
+        assert!(
+            w.operators.windows(2).all(|p| p[0].busy_ms >= p[1].busy_ms),
+            "busiest first"
+        );
+    }
+    let table = aer::bench::operator_table(&timed.operator_times);
+    assert!(table[0].starts_with("operators: worker 0:"), "{table:?}");
+    assert!(table[1].starts_with("operators: worker 1:"), "{table:?}");
+    assert!(
+        table.iter().any(|l| l.contains("Heuristics (id ")),
+        "{table:?}"
+    );
 }

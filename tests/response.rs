@@ -251,6 +251,7 @@ fn replaying_twice_into_one_store_resets_each_decision_once() {
             out: out.clone(),
             progress: false,
             db: Some(db.clone()),
+            operator_times: false,
         })
         .unwrap();
         // Tor responds by default (Slack's shipping modes): the injected Tor sign-ins reset.

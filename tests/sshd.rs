@@ -84,6 +84,7 @@ fn brute_force_and_spraying_are_flagged_per_source_ip() {
         out: dir.path().join("out"),
         progress: false,
         db: None,
+        operator_times: false,
     })
     .unwrap();
     let flagged: Vec<&str> = report

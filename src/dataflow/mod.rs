@@ -15,6 +15,7 @@ pub mod decide;
 pub mod heuristics;
 pub mod live;
 pub mod ops;
+pub mod profile;
 pub mod screen;
 pub mod threshold;
 
@@ -58,6 +59,8 @@ pub struct EngineInput {
     pub session_expiry: u64,
     /// The last time evaluated: results are final up to and including it.
     pub end: Time,
+    /// Record each worker's operator times ([`profile`]); off by default (it costs time).
+    pub operator_times: bool,
 }
 
 /// What the engines produce, each sorted.
@@ -83,6 +86,7 @@ impl EngineInput {
             heuristics: HeuristicParams::default(),
             session_expiry: DEFAULT_SESSION_EXPIRY,
             end,
+            operator_times: false,
         }
     }
 
@@ -260,6 +264,9 @@ type Shared<T> = Arc<Mutex<Vec<T>>>;
 pub struct EngineStats {
     /// The most entries the heuristic detectors held on one worker at once.
     pub heuristic_state_max: usize,
+    /// Each worker's operator times, by worker index, when the input asked for them (in a
+    /// cluster, this process's workers only).
+    pub operator_times: Vec<profile::WorkerTimes>,
 }
 
 /// As [`run`], with a progress bar on stderr when `progress` is set.
@@ -306,6 +313,8 @@ pub fn run_placed(
     let anomalies_out: Shared<Anomaly> = Arc::new(Mutex::new(Vec::new()));
     let decisions_out: Shared<Decision> = Arc::new(Mutex::new(Vec::new()));
     let (anomaly_sink, decision_sink) = (anomalies_out.clone(), decisions_out.clone());
+    let times_out: Shared<profile::WorkerTimes> = Arc::new(Mutex::new(Vec::new()));
+    let times_sink = times_out.clone();
     let worker_bar = bar.clone();
     let config = placement.timely_config();
     let placement_threads = placement.threads;
@@ -314,6 +323,11 @@ pub fn run_placed(
         let state_max = worker_state_max.clone();
         let end = input.end;
         let session_expiry = input.session_expiry;
+        let mut recorder = if input.operator_times {
+            profile::Recorder::install(worker)
+        } else {
+            None
+        };
         let (inputs, probe) = build(
             worker,
             input.heuristics.clone(),
@@ -370,6 +384,9 @@ pub fn run_placed(
         let mut policies_now: Vec<(PolicyScope, Policy)> = Vec::new();
         let mut tor_now: Vec<String> = Vec::new();
         let mut now: Time = 0;
+        if let Some(recorder) = recorder.as_mut() {
+            recorder.start_clock();
+        }
         loop {
             let next_event = events.peek().map(|(t, _)| *t);
             let next_change = changes.peek().map(|(t, _)| *t);
@@ -412,6 +429,10 @@ pub fn run_placed(
         inputs.advance_to(end + 1);
         inputs.flush();
         worker.step_while(|| probe.less_than(&(end + 1)));
+        if let Some(recorder) = recorder {
+            let times = recorder.finish(worker);
+            times_sink.lock().expect("collector").push(times);
+        }
         // Everything up to `end` is final; the future (window and bucket expiries) is not needed.
         for dataflow in worker.installed_dataflows() {
             worker.drop_dataflow(dataflow);
@@ -426,8 +447,11 @@ pub fn run_placed(
     let mut decisions = std::mem::take(&mut *decisions_out.lock().expect("collector"));
     anomalies.sort();
     decisions.sort_by(|a, b| (a.decided_at, &a.id).cmp(&(b.decided_at, &b.id)));
+    let mut operator_times = std::mem::take(&mut *times_out.lock().expect("collector"));
+    operator_times.sort_by_key(|t| t.worker);
     let stats = EngineStats {
         heuristic_state_max: state_max.load(Ordering::Relaxed),
+        operator_times,
     };
     Ok((
         EngineOutput {
