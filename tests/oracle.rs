@@ -202,3 +202,107 @@ fn generated_streams_do_produce_anomalies() {
         );
     }
 }
+
+/// The episode detector forgets keys whose window has passed in a sweep when its map has
+/// doubled, and prunes a key's users when their list has doubled: both must leave every
+/// anomaly as the reference reports it (its latest event, session and users counted in the
+/// window). Hundreds of user keys come and go (so the map is swept many times) while a few
+/// addresses are each used by many users within the window (so their users are pruned between
+/// anomalies); the generated streams above hold too few keys to reach either.
+#[test]
+fn sweeping_and_pruning_the_episode_state_changes_no_anomaly() {
+    use aer::model::{Event, GroupBy, Time};
+    let eval = aer::model::Eval {
+        quantile_ppm: 500_000,
+        multiplier_milli: 1000,
+        floor: 0,
+        min_samples: 1_000_000,
+        default_threshold: 3,
+    };
+    // An address goes over its threshold once nine users have failed to log in from it.
+    let logins = aer::model::Eval {
+        default_threshold: 8,
+        ..eval.clone()
+    };
+    let rules = vec![
+        common::rule(
+            "downloads",
+            &["file_downloaded"],
+            20,
+            100,
+            GroupBy::User,
+            eval,
+        ),
+        common::rule(
+            "logins",
+            &["user_login_failed"],
+            60,
+            300,
+            GroupBy::Ip,
+            logins,
+        ),
+    ];
+    let event = |t: Time, n: u64, action: &str, user: String, ip: String| Event {
+        id: format!("ev-{t:05}-{n}").into(),
+        time: t,
+        action: action.into(),
+        enterprise: "E".into(),
+        user: user.as_str().into(),
+        session: Some(format!("s-{user}-{}", t / 50).as_str().into()),
+        ip: Some(ip.as_str().into()),
+        ua: None,
+        asn: None,
+    };
+    let mut events = Vec::new();
+    for t in 0..900u64 {
+        // Five downloads a second by users that change every five seconds: 300 keys in all,
+        // some of them over the threshold for a while.
+        for n in 0..5 {
+            let user = format!("U{:03}", (t / 5 + n * 7) % 300);
+            events.push(event(t, n, "file_downloaded", user, format!("10.1.0.{n}")));
+        }
+        // Failed logins from three addresses in turn, each by one of many users, in spells of
+        // a minute with 40 s between them: each spell starts a new episode whose window still
+        // holds users of the spell before.
+        if t % 4 == 0 && t % 100 < 60 {
+            let user = format!("V{:02}", (t * 7) % 41);
+            events.push(event(
+                t,
+                9,
+                "user_login_failed",
+                user,
+                format!("10.2.0.{}", t / 300),
+            ));
+        }
+    }
+    let input = EngineInput {
+        end: events.last().unwrap().time,
+        events: events.into_iter().map(|e| (e.time, e)).collect(),
+        rules: vec![(0, rules)],
+        policies: vec![(0, aer::model::decision::Policies::default())],
+        session_expiry: 1000,
+        ..Default::default()
+    };
+    let expected = evaluate(&input);
+    assert!(
+        expected
+            .anomalies
+            .iter()
+            .any(|a| a.evidence.users.len() >= 9),
+        "some address anomaly lists many users"
+    );
+    assert!(
+        expected
+            .anomalies
+            .iter()
+            .filter(|a| a.reason == "downloads")
+            .count()
+            >= 20
+    );
+    let input = Arc::new(input);
+    for workers in [1, 2] {
+        let actual = run(input.clone(), workers).expect("dataflow runs");
+        assert_eq!(actual.anomalies, expected.anomalies, "{workers} workers");
+        assert_eq!(actual.decisions, expected.decisions, "{workers} workers");
+    }
+}

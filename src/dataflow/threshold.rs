@@ -8,7 +8,7 @@ use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
@@ -38,10 +38,14 @@ pub struct Counted {
 }
 
 /// What the episode detector remembers of a key's window: its latest counted event and the
-/// last time each user was counted.
+/// last time each user was counted. Users whose last count has left the window are dropped
+/// when the map has doubled since it was last pruned (and are never reported: an anomaly lists
+/// only the users counted within its window).
 struct Recent {
     latest: Counted,
     users: BTreeMap<ArcStr, Time>,
+    /// `users`' size after its last pruning.
+    pruned: usize,
 }
 
 /// A key over its threshold, with the numbers that put it there.
@@ -449,18 +453,21 @@ fn match_rules<'s>(
 }
 
 /// Emits one anomaly per episode: at each time a key enters the "over" collection. Keeps, per key,
-/// the latest counted event (for the anomaly's session) and the users counted in the window,
-/// evicted once outside it.
+/// the latest counted event (for the anomaly's session) and the users counted in the window.
+///
+/// A key whose latest counted event has left its window is forgotten; that happens in a sweep
+/// of all keys when the map has doubled since the last sweep, not by an expiry per counted
+/// event: each expiry was a second lookup of a key that is rarely in the cache, and this
+/// operator's time was mostly such lookups. A key over its threshold has a counted event in its
+/// window, so its latest event is the same whether or not older keys have been swept yet.
 fn episodes<'s>(
     over: VecCollection<'s, Time, (CKey, Over), isize>,
     matched: VecCollection<'s, Time, (CKey, Counted), isize>,
 ) -> Stream<'s, Time, Vec<(Anomaly, Time, isize)>> {
     let mut present: HashMap<CKey, HashMap<Over, isize>> = HashMap::new();
     let mut recent: HashMap<CKey, Recent> = HashMap::new();
-    // Per window length, (time a counted event leaves its window, its key) in arrival order:
-    // times are processed in order, so each queue is in order of expiry (a queue per window
-    // instead of a map entry per counted event, nearly all of which have a second of their own).
-    let mut expiry: BTreeMap<Time, VecDeque<(Time, CKey)>> = BTreeMap::new();
+    // `recent`'s size after its last sweep.
+    let mut swept = 0usize;
     ordered_binary(
         over.inner,
         matched.inner,
@@ -472,13 +479,14 @@ fn episodes<'s>(
                 if diff <= 0 {
                     continue;
                 }
-                expiry
-                    .entry(counted.window)
-                    .or_default()
-                    .push_back((counted.time + counted.window, key.clone()));
                 match recent.get_mut(&key) {
                     Some(r) => {
                         r.users.insert(counted.user.clone(), counted.time);
+                        if r.users.len() > 2 * r.pruned.max(2) {
+                            let window = counted.window;
+                            r.users.retain(|_, t| *t + window > at.time);
+                            r.pruned = r.users.len();
+                        }
                         if (r.latest.time, &r.latest.id) < (counted.time, &counted.id) {
                             r.latest = counted;
                         }
@@ -490,23 +498,15 @@ fn episodes<'s>(
                             Recent {
                                 latest: counted,
                                 users,
+                                pruned: 0,
                             },
                         );
                     }
                 }
             }
-            for queue in expiry.values_mut() {
-                while let Some((_, key)) = queue.pop_front_if(|(t, _)| *t <= at.time) {
-                    let Some(r) = recent.get_mut(&key) else {
-                        continue;
-                    };
-                    let window = r.latest.window;
-                    if r.latest.time + window <= at.time {
-                        recent.remove(&key);
-                    } else {
-                        r.users.retain(|_, t| *t + window > at.time);
-                    }
-                }
+            if recent.len() > 2 * swept.max(16) {
+                recent.retain(|_, r| r.latest.time + r.latest.window > at.time);
+                swept = recent.len();
             }
             let mut changed: BTreeMap<CKey, bool> = BTreeMap::new();
             for ((key, over), diff) in at.left.drain(..) {
