@@ -456,18 +456,23 @@ fn match_rules<'s>(
 /// the latest counted event (for the anomaly's session) and the users counted in the window.
 ///
 /// A key whose latest counted event has left its window is forgotten; that happens in a sweep
-/// of all keys when the map has doubled since the last sweep, not by an expiry per counted
-/// event: each expiry was a second lookup of a key that is rarely in the cache, and this
-/// operator's time was mostly such lookups. A key over its threshold has a counted event in its
-/// window, so its latest event is the same whether or not older keys have been swept yet.
+/// of all keys, when the map has doubled since the last sweep or the longest window seen has
+/// passed since it, not by an expiry per counted event: each expiry was a second lookup of a key
+/// that is rarely in the cache, and this operator's time was mostly such lookups. So a key is
+/// dropped at most one longest window after its own has passed, and memory follows recent
+/// activity. A key over its threshold has a counted event in its window, so its latest event is
+/// the same whether or not older keys have been swept yet.
 fn episodes<'s>(
     over: VecCollection<'s, Time, (CKey, Over), isize>,
     matched: VecCollection<'s, Time, (CKey, Counted), isize>,
 ) -> Stream<'s, Time, Vec<(Anomaly, Time, isize)>> {
     let mut present: HashMap<CKey, HashMap<Over, isize>> = HashMap::new();
     let mut recent: HashMap<CKey, Recent> = HashMap::new();
-    // `recent`'s size after its last sweep.
+    // `recent`'s size after its last sweep, the time of the next sweep by the clock, and the
+    // longest window seen (the interval between those sweeps).
     let mut swept = 0usize;
+    let mut sweep_at: Time = 0;
+    let mut longest: u64 = 0;
     ordered_binary(
         over.inner,
         matched.inner,
@@ -479,6 +484,7 @@ fn episodes<'s>(
                 if diff <= 0 {
                     continue;
                 }
+                longest = longest.max(counted.window);
                 match recent.get_mut(&key) {
                     Some(r) => {
                         r.users.insert(counted.user.clone(), counted.time);
@@ -504,9 +510,10 @@ fn episodes<'s>(
                     }
                 }
             }
-            if recent.len() > 2 * swept.max(16) {
+            if recent.len() > 2 * swept.max(16) || at.time >= sweep_at {
                 recent.retain(|_, r| r.latest.time + r.latest.window > at.time);
                 swept = recent.len();
+                sweep_at = at.time.saturating_add(longest.max(1));
             }
             let mut changed: BTreeMap<CKey, bool> = BTreeMap::new();
             for ((key, over), diff) in at.left.drain(..) {
