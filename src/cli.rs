@@ -82,7 +82,7 @@ struct BenchArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Report the batch phase's time per dataflow operator on each worker, and each worker's
-    /// time outside them (feeding and waiting). Recording costs a few per cent.
+    /// time outside them (feeding and waiting).
     #[arg(long)]
     operator_times: bool,
 }

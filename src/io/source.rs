@@ -108,9 +108,9 @@ struct DecodedBlock {
 /// most two blocks per decoder are in flight.
 ///
 /// A shared queue, not a fixed turn per decoder: on this project's 2-core VM the two cores'
-/// speeds differ from moment to moment (`aer bench --operator-times` showed one worker 30% slower
-/// than the other on the same share of work, the slower one changing from run to run), and with
-/// fixed turns the faster decoder waited for the slower one's blocks.
+/// speeds differ from moment to moment (`aer bench --operator-times`: each worker gets the same
+/// records in every run, yet either may be the slower, by up to a third), and with fixed turns
+/// the faster decoder waited for the slower one's blocks.
 ///
 /// Decoders hand each block's buffer back once decoded, and this thread refills it: a fresh
 /// multi-megabyte buffer per block would be new memory from the OS each time, which the kernel
