@@ -304,3 +304,42 @@ fn fold_state_evicted_after_the_loop_horizon_changes_nothing() {
     assert_eq!(d[2].recent_resets, 0);
     assert_eq!(d[2].last_reset, None);
 }
+
+/// One event of `user` in `session` at `time` from `ip` (not an action any rule counts).
+fn sighting(user: &str, session: &str, time: Time, ip: &str) -> Event {
+    Event {
+        id: format!("{user}-{session}-{time}-seen").into(),
+        time,
+        action: "file_accessed".into(),
+        enterprise: "E".into(),
+        user: user.into(),
+        session: Some(session.into()),
+        ip: Some(ip.into()),
+        ua: None,
+        asn: None,
+    }
+}
+
+#[test]
+fn a_session_keeps_its_first_sighting_through_allow_lists_and_pruning() {
+    // Session "old" of user C is first seen at 10 from an allow-listed network (an event no
+    // detector sees). C then opens 40 other sessions, one event each: enough for the user's
+    // state to be pruned several times (H is 0 here). At 2,000 "old" returns from elsewhere
+    // and its burst is an anomaly. The session's age counts from 10: a session's sightings are
+    // kept for the session expiry (14 days), whatever H and the allow-lists.
+    let mut events = vec![sighting("C", "old", 10, "192.168.1.1")];
+    for i in 0..40 {
+        events.push(sighting(
+            "C",
+            &format!("short{i}"),
+            100 + i * 10,
+            "10.0.0.1",
+        ));
+    }
+    burst(&mut events, "C", "old", 2_000, "file_downloaded");
+    let mut policy = respond();
+    policy.allow.cidrs.insert("192.168.0.0/16".parse().unwrap());
+    let d = decide_all(events, only(policy));
+    assert_eq!(outcomes(&d), vec![(2_005, "C", Outcome::Reset)]);
+    assert_eq!(d[0].session_first_seen, Some(10));
+}

@@ -194,8 +194,9 @@ fn operator_times_name_every_worker_and_operator_and_change_no_result() {
             "WindowCounts",
             "BucketCounts",
             "EpisodeStart",
-            "Heuristics",
-            "DecisionFold",
+            "UserStage",
+            "HeuristicAnomalies",
+            "Decisions",
         ] {
             let op = w.operators.iter().find(|o| o.name == name);
             let op = op.unwrap_or_else(|| panic!("worker {}: no {name}", w.worker));
@@ -224,7 +225,7 @@ fn operator_times_name_every_worker_and_operator_and_change_no_result() {
     assert!(table[0].starts_with("operators: worker 0:"), "{table:?}");
     assert!(table[1].starts_with("operators: worker 1:"), "{table:?}");
     assert!(
-        table.iter().any(|l| l.contains("Heuristics (id ")),
+        table.iter().any(|l| l.contains("UserStage (id ")),
         "{table:?}"
     );
 }

@@ -1,139 +1,136 @@
-//! The decision framework (DESIGN 5) as a dataflow stage: one deterministic fold per (enterprise,
-//! user). Events (for when each session was first seen) and anomalies are routed by that key; the
-//! policy collection is broadcast. Each second is processed once both inputs have passed it:
-//! policy changes first, then the second's events, then its anomalies in id order, so a decision
-//! made for a time is never revised and a policy change at t applies from t on.
+//! The per-user stage: the heuristic detectors (DESIGN 4.2, [`super::heuristics`]) and the
+//! decision framework (DESIGN 5) as one deterministic operator keyed by (enterprise, user).
+//! Screened events and the threshold detectors' anomalies are routed by that key; the policy
+//! collection and the Tor exit list are broadcast. Each second is processed once both inputs
+//! have passed it: policy and Tor list changes first, then the second's events in id order (each
+//! records its session's sighting; those no allow-list trusts go through the detectors), then
+//! the second's anomalies (the threshold detectors' and the heuristics' own) in id order, each
+//! folded into its user's decisions. So a decision made for a time is never revised and a
+//! policy change at t applies from t on. One stage, not two: a second stage keyed by user would
+//! take every event through another exchange just to learn when its session was first seen.
 
-use differential_dataflow::{Hashable, VecCollection};
+use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::Stream;
 
+use super::heuristics;
 use super::ops::{ordered_binary, PolicyView};
 use crate::model::decision::{Decision, Policy, PolicyScope, UserFold, LOOP_HORIZON};
-use crate::model::{Anomaly, ArcStr, SharedEvent, Time};
+use crate::model::{Anomaly, HeuristicParams, SharedEvent, Time};
 
-/// What the fold reads per (enterprise, user).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum FoldInput {
-    /// The user acted in a session (enterprise, user, session).
-    Seen(ArcStr, ArcStr, ArcStr),
+/// What the per-user stage reads, routed by (enterprise, user).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum UserInput {
+    /// An event, and whether an allow-list in force at its time trusts its network (the
+    /// screen's verdict, [`super::screen`]).
+    Event(SharedEvent, bool),
+    /// A threshold detector's anomaly.
     Anomaly(Box<Anomaly>),
 }
 
-impl FoldInput {
+impl UserInput {
     fn route(&self) -> u64 {
         match self {
-            FoldInput::Seen(e, u, _) => (e, u).hashed(),
-            FoldInput::Anomaly(a) => (&a.enterprise, &a.user).hashed(),
+            UserInput::Event(e, _) => (&e.enterprise, &e.user).hashed(),
+            UserInput::Anomaly(a) => (&a.enterprise, &a.user).hashed(),
         }
     }
 }
 
-/// A session's first and last sighting.
-struct SessionSeen {
-    first: Time,
-    last: Time,
+/// What the per-user stage reads broadcast: the policies and the Tor exit list.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Setting {
+    Policy(PolicyScope, Policy),
+    Tor(String),
 }
 
-/// Builds the decision stage; returns the decisions, each at its anomaly's time.
-pub fn decide<'s>(
-    events: VecCollection<'s, Time, SharedEvent, isize>,
-    anomalies: VecCollection<'s, Time, Anomaly, isize>,
-    policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
-    session_expiry: u64,
-) -> Stream<'s, Time, Vec<(Decision, Time, isize)>> {
-    let seen = events.flat_map(|e| {
-        let s = e.session.clone()?;
-        Some(FoldInput::Seen(e.enterprise.clone(), e.user.clone(), s))
-    });
-    let folded = seen.concat(anomalies.map(|a| FoldInput::Anomaly(Box::new(a))));
+/// What the per-user stage emits.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum UserOutput {
+    /// A heuristic detector's anomaly.
+    Anomaly(Box<Anomaly>),
+    Decision(Box<Decision>),
+}
 
+/// The decisions, each at its anomaly's time.
+pub type Decisions<'s> = Stream<'s, Time, Vec<(Decision, Time, isize)>>;
+
+/// Builds the per-user stage over the screened events and the threshold anomalies; returns the
+/// heuristic anomalies and the decisions, each at its anomaly's time.
+pub fn decide<'s>(
+    screened: VecCollection<'s, Time, UserInput, isize>,
+    threshold: VecCollection<'s, Time, Anomaly, isize>,
+    policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
+    tor: VecCollection<'s, Time, String, isize>,
+    heuristics: HeuristicParams,
+    session_expiry: u64,
+    state_size: Arc<AtomicUsize>,
+) -> (VecCollection<'s, Time, Anomaly, isize>, Decisions<'s>) {
+    let inputs = screened.concat(threshold.map(|a| UserInput::Anomaly(Box::new(a))));
+    let settings = policies
+        .map(|(scope, policy)| Setting::Policy(scope, policy))
+        .concat(tor.map(Setting::Tor));
+
+    let mut detector = heuristics::Detector::new(heuristics, session_expiry, state_size);
     let mut policies_now = PolicyView::default();
     let fallback = Policy::default();
-    let mut sessions: HashMap<(ArcStr, ArcStr, ArcStr), SessionSeen> = HashMap::new();
-    let mut session_expiry_at: BTreeMap<Time, Vec<(ArcStr, ArcStr, ArcStr)>> = BTreeMap::new();
     let mut folds: HashMap<(String, String), UserFold> = HashMap::new();
     let mut fold_expiry_at: BTreeMap<Time, Vec<(String, String)>> = BTreeMap::new();
+    // One second's events, in id order, and its anomalies (both reused from one second to the
+    // next).
+    let mut events: Vec<(SharedEvent, bool)> = Vec::new();
+    let mut anomalies: Vec<Anomaly> = Vec::new();
 
-    ordered_binary(
-        folded.inner,
-        policies.inner.broadcast(),
-        Exchange::new(|(d, _, _): &(FoldInput, Time, isize)| d.route()),
+    let produced = ordered_binary(
+        inputs.inner,
+        settings.inner.broadcast(),
+        Exchange::new(|(d, _, _): &(UserInput, Time, isize)| d.route()),
         Pipeline,
-        "DecisionFold",
+        "UserStage",
         move |at, out| {
             let now = at.time;
-            policies_now.apply(at.right.drain(..));
-            let mut anomalies = Vec::new();
+            let mut tor = Vec::new();
+            let mut policy = Vec::new();
+            for (setting, diff) in at.right.drain(..) {
+                match setting {
+                    Setting::Policy(scope, p) => policy.push(((scope, p), diff)),
+                    Setting::Tor(ip) => tor.push((ip, diff)),
+                }
+            }
+            policies_now.apply(policy);
+            detector.apply_tor(tor);
             for (input, diff) in at.left.drain(..) {
                 if diff <= 0 {
                     continue;
                 }
                 match input {
-                    FoldInput::Seen(e, u, s) => {
-                        // Every remembered session has exactly one pending expiry check.
-                        let key = (e, u, s);
-                        match sessions.get_mut(&key) {
-                            Some(seen) if now - seen.last <= session_expiry => seen.last = now,
-                            Some(seen) => {
-                                seen.first = now;
-                                seen.last = now;
-                            }
-                            None => {
-                                sessions.insert(
-                                    key.clone(),
-                                    SessionSeen {
-                                        first: now,
-                                        last: now,
-                                    },
-                                );
-                                session_expiry_at
-                                    .entry(now + session_expiry + 1)
-                                    .or_default()
-                                    .push(key);
-                            }
-                        }
-                    }
-                    FoldInput::Anomaly(a) => anomalies.push(*a),
+                    UserInput::Event(event, trusted) => events.push((event, trusted)),
+                    UserInput::Anomaly(a) => anomalies.push(*a),
                 }
             }
-            // Forget sessions idle for longer than the expiry: exactly as if they had expired.
-            while let Some(entry) = session_expiry_at.first_entry() {
-                if *entry.key() > now {
-                    break;
-                }
-                for key in entry.remove() {
-                    match sessions.get(&key) {
-                        Some(s) if now - s.last > session_expiry => {
-                            sessions.remove(&key);
-                        }
-                        Some(s) => {
-                            let at = s.last + session_expiry + 1;
-                            session_expiry_at.entry(at).or_default().push(key);
-                        }
-                        None => {}
-                    }
-                }
+            events.sort_by(|(a, _), (b, _)| a.id.cmp(&b.id));
+            for (event, trusted) in events.drain(..) {
+                detector.event(&event, now, trusted, |a| {
+                    anomalies.push(a.clone());
+                    out.push((UserOutput::Anomaly(Box::new(a)), now, 1));
+                });
             }
             anomalies.sort_by(|a, b| a.id.cmp(&b.id));
-            for anomaly in anomalies {
+            for anomaly in anomalies.drain(..) {
                 let policy = policies_now
                     .for_enterprise(&anomaly.enterprise)
                     .unwrap_or(&fallback);
-                let first_seen = anomaly.session_id.as_ref().and_then(|s| {
-                    sessions
-                        .get(&(
-                            ArcStr::from(anomaly.enterprise.as_str()),
-                            ArcStr::from(anomaly.user.as_str()),
-                            ArcStr::from(s.as_str()),
-                        ))
-                        .filter(|seen| now - seen.last <= session_expiry)
-                        .map(|seen| seen.first)
-                });
+                let first_seen = anomaly
+                    .session_id
+                    .as_ref()
+                    .and_then(|s| detector.first_seen(&anomaly.enterprise, &anomaly.user, s, now));
                 let key = (anomaly.enterprise.clone(), anomaly.user.clone());
                 let decision = folds
                     .entry(key.clone())
@@ -155,8 +152,9 @@ pub fn decide<'s>(
                     escalate = decision.escalate,
                     "decision"
                 );
-                out.push((decision, now, 1));
+                out.push((UserOutput::Decision(Box::new(decision)), now, 1));
             }
+            detector.end_second(now);
             // Evict users whose fold state can no longer change a decision.
             while let Some(entry) = fold_expiry_at.first_entry() {
                 if *entry.key() > now {
@@ -169,5 +167,36 @@ pub fn decide<'s>(
                 }
             }
         },
-    )
+    );
+    let heuristic = pick(produced.clone(), "HeuristicAnomalies", |o| match o {
+        UserOutput::Anomaly(a) => Some(*a),
+        UserOutput::Decision(_) => None,
+    });
+    let decisions = pick(produced, "Decisions", |o| match o {
+        UserOutput::Decision(decision) => Some(*decision),
+        UserOutput::Anomaly(_) => None,
+    });
+    (heuristic.as_collection(), decisions)
+}
+
+/// The per-user stage's outputs of one kind (a named operator).
+fn pick<'s, O: Clone + 'static>(
+    produced: Stream<'s, Time, Vec<(UserOutput, Time, isize)>>,
+    name: &str,
+    pick: fn(UserOutput) -> Option<O>,
+) -> Stream<'s, Time, Vec<(O, Time, isize)>> {
+    produced.unary(Pipeline, name, move |_, _| {
+        move |input, output| {
+            input.for_each_stamp(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data {
+                    for (o, t, d) in batch.drain(..) {
+                        if let Some(o) = pick(o) {
+                            session.give((o, t, d));
+                        }
+                    }
+                }
+            })
+        }
+    })
 }

@@ -1,26 +1,28 @@
-//! The heuristic detectors (DESIGN 4.2) as one deterministic stage keyed by (enterprise, user):
-//! session fingerprints (the stolen-cookie case), Tor exit nodes, scripted clients, and novelty
-//! of client family, ASN and /16. Events arrive screened of allow-listed networks and routed by
-//! user; the Tor exit list is a broadcast collection, so reloading it is a change of input. Each
-//! second is processed once both inputs have passed it, its events in id order.
+//! The heuristic detectors (DESIGN 4.2), per (enterprise, user): session fingerprints (the
+//! stolen-cookie case), Tor exit nodes, scripted clients, and novelty of client family, ASN and
+//! /16. They run inside the per-user stage of [`super::decide`], which routes events by user,
+//! broadcasts the Tor exit list (so reloading it is a change of input) and hands a
+//! [`Detector`] each second's events in id order once its inputs have passed that second.
+//! Events from allow-listed networks only record their session's sighting, which the
+//! decisions read; the detectors never see them.
 //!
 //! State is per user: sessions (a run of activity ends after H idle), and the last time each
 //! client family, ASN and /16 was seen. Entries older than H are treated as absent and pruned as
-//! the maps grow, and a user idle for H (plus an hour, for the activity count) is dropped, so
-//! memory follows recent activity, not the length of the stream.
+//! the maps grow, and a user idle for H (plus an hour, for the activity count) and past the
+//! session expiry is dropped, so memory follows recent activity, not the length of the stream.
 
-use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::{HashMap, HashMapExt};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::vec::Broadcast;
 
-use super::ops::{ordered_binary, Contents};
+use super::ops::Contents;
 use crate::model::client::{client_family, fingerprint_net, novelty_prefix, Finding};
-use crate::model::{Anomaly, ArcStr, Event, HeuristicParams, SharedEvent, Time};
+use crate::model::{Anomaly, ArcStr, Event, HeuristicParams, Time};
 
+/// A session's run of activity as the detectors see it (events no allow-list trusts); it ends
+/// after H idle.
 #[derive(Default)]
 struct Run {
     last: Time,
@@ -31,15 +33,47 @@ struct Run {
     client_flagged: bool,
 }
 
+/// A session of a user (events without a session id share one): its run, and its first and
+/// last sighting in any event (allow-listed ones too) for the decisions' session age (DESIGN
+/// 5). One entry for both, so an event costs one lookup of its session.
+struct Session {
+    /// `None` before the session's first event that no allow-list trusts, and after H idle
+    /// (once pruned).
+    run: Option<Run>,
+    first_seen: Time,
+    last_seen: Time,
+}
+
+impl Session {
+    fn new(now: Time) -> Session {
+        Session {
+            run: None,
+            first_seen: now,
+            last_seen: now,
+        }
+    }
+
+    /// Records a sighting at `now`: a session idle for longer than `expiry` is seen anew.
+    fn sighted(&mut self, now: Time, expiry: u64) {
+        if now - self.last_seen > expiry {
+            self.first_seen = now;
+        }
+        self.last_seen = now;
+    }
+}
+
 #[derive(Default)]
 struct UserState {
+    /// The user's last event that no allow-list trusts.
     last: Time,
+    /// The user's last event of any kind with a session sighted.
+    seen_last: Time,
     /// Events per hour bucket, for the activity count.
     hours: VecDeque<(u64, u64)>,
     /// The sum of `hours`' counts, kept as buckets come and go (summing them for every event
     /// walked up to H / 1 hour buckets: 336 for 14 days).
     active: u64,
-    sessions: HashMap<Option<ArcStr>, Run>,
+    sessions: HashMap<Option<ArcStr>, Session>,
     families: HashMap<ArcStr, Time>,
     asns: HashMap<u32, Time>,
     prefixes: HashMap<ArcStr, Time>,
@@ -56,12 +90,36 @@ impl UserState {
             + self.prefixes.len()
     }
 
-    fn prune(&mut self, now: Time, h: u64) {
-        self.sessions.retain(|_, r| now - r.last <= h);
+    /// Drops what is older than H, and sessions neither in a run within H nor sighted within
+    /// the session expiry.
+    fn prune(&mut self, now: Time, h: u64, expiry: u64) {
+        self.sessions.retain(|_, s| {
+            if s.run.as_ref().is_some_and(|r| now - r.last > h) {
+                s.run = None;
+            }
+            s.run.is_some() || now - s.last_seen <= expiry
+        });
         self.families.retain(|_, t| now - *t <= h);
         self.asns.retain(|_, t| now - *t <= h);
         self.prefixes.retain(|_, t| now - *t <= h);
         self.pruned_at = self.size();
+    }
+
+    /// Records a sighting of `session` at `now` (an event that no detector sees).
+    fn sighted(&mut self, session: &Option<ArcStr>, now: Time, expiry: u64) {
+        match self.sessions.get_mut(session) {
+            Some(known) => known.sighted(now, expiry),
+            None => {
+                self.sessions.insert(session.clone(), Session::new(now));
+            }
+        }
+        self.seen_last = now;
+    }
+
+    /// The time after which forgetting the user changes nothing: no heuristic entry is within
+    /// H and no hour bucket is left (an hour more), and no session is within the expiry.
+    fn forgettable_after(&self, h: u64, expiry: u64) -> Time {
+        (self.last + h + 3600).max(self.seen_last + expiry)
     }
 }
 
@@ -142,11 +200,14 @@ struct On {
     user_agent: bool,
     asn: bool,
     ip_address: bool,
+    /// How long a session's sighting is kept for the decisions (`engine.session_expiry`).
+    session_expiry: u64,
 }
 
 impl On {
-    fn new(params: HeuristicParams) -> On {
+    fn new(params: HeuristicParams, session_expiry: u64) -> On {
         On {
+            session_expiry,
             tor: params.on("tor"),
             client: params.on("unexpected_client"),
             fingerprint: params.on("session_fingerprint"),
@@ -181,81 +242,133 @@ fn others_within<K>(map: &HashMap<K, Time>, now: Time, h: u64) -> usize {
     map.values().filter(|t| now - **t <= h).count() - 1
 }
 
-/// Builds the heuristic detectors. `state_size` records the largest state (entries) any worker
-/// held, for tests and metrics.
-pub fn detect<'s>(
-    events: VecCollection<'s, Time, SharedEvent, isize>,
-    tor: VecCollection<'s, Time, String, isize>,
-    params: HeuristicParams,
+/// The heuristic detectors' state on one worker: the users routed to it, the Tor exit list in
+/// force, and the values derived from texts. The decision stage ([`super::decide`]) owns one and
+/// hands it each second's events in id order; it also keeps, per user, when each session was
+/// first and last seen, for the decisions' session age.
+pub struct Detector {
+    on: On,
+    tor: Contents<String>,
+    users: HashMap<(ArcStr, ArcStr), UserState>,
+    derived: Derived,
+    /// When each remembered user is next checked for idleness (every user has one check).
+    idle_at: BTreeMap<Time, Vec<(ArcStr, ArcStr)>>,
+    /// The heuristic entries held (sessions' sightings for the decisions are not counted).
+    size: usize,
+    /// The largest state this worker has published to `state_size`.
+    largest: usize,
     state_size: Arc<AtomicUsize>,
-) -> VecCollection<'s, Time, Anomaly, isize> {
-    let mut tor_set: Contents<String> = Contents::default();
-    let mut users: HashMap<(ArcStr, ArcStr), UserState> = HashMap::new();
-    let mut derived = Derived::default();
-    let mut idle_at: BTreeMap<Time, Vec<(ArcStr, ArcStr)>> = BTreeMap::new();
-    let mut size = 0usize;
-    // The largest state this worker has published to `state_size`.
-    let mut largest = 0usize;
-    let h = params.history;
-    let on = On::new(params);
-    // One second's events, in id order (reused from one second to the next).
-    let mut batch: Vec<SharedEvent> = Vec::new();
-    ordered_binary(
-        events.inner,
-        tor.inner.broadcast(),
-        Exchange::new(|(e, _, _): &(SharedEvent, Time, isize)| (&e.enterprise, &e.user).hashed()),
-        Pipeline,
-        "Heuristics",
-        move |at, out| {
-            let now = at.time;
-            tor_set.apply(at.right.drain(..));
-            batch.extend(at.left.drain(..).filter(|(_, d)| *d > 0).map(|(e, _)| e));
-            batch.sort_by(|a, b| a.id.cmp(&b.id));
-            for event in batch.drain(..) {
-                let key = (event.enterprise.clone(), event.user.clone());
-                // Every remembered user has exactly one pending idle check.
-                let user = users.entry(key.clone()).or_insert_with(|| {
-                    idle_at
-                        .entry(now + h + 3600 + 1)
-                        .or_default()
-                        .push(key.clone());
-                    UserState::default()
-                });
-                size -= user.size();
-                observe(user, &event, now, &on, &tor_set, &mut derived, |a| {
-                    out.push((a, now, 1))
-                });
-                if user.size() > 2 * user.pruned_at.max(8) {
-                    user.prune(now, h);
-                }
-                size += user.size();
+}
+
+impl Detector {
+    /// `state_size` records the largest state (heuristic entries and users) any worker held,
+    /// for tests and metrics; `session_expiry` is how long a session's sighting is kept.
+    pub fn new(params: HeuristicParams, session_expiry: u64, state_size: Arc<AtomicUsize>) -> Self {
+        Detector {
+            on: On::new(params, session_expiry),
+            tor: Contents::default(),
+            users: HashMap::new(),
+            derived: Derived::default(),
+            idle_at: BTreeMap::new(),
+            size: 0,
+            largest: 0,
+            state_size,
+        }
+    }
+
+    /// Applies one time's updates of the Tor exit list.
+    pub fn apply_tor(&mut self, updates: impl IntoIterator<Item = (String, isize)>) {
+        self.tor.apply(updates);
+    }
+
+    /// Applies one event at `now` (a second's events come in id order), emitting what it
+    /// reveals. Every event records its session's sighting; an event from a network an
+    /// allow-list trusts (`trusted`) goes no further.
+    pub fn event(&mut self, event: &Event, now: Time, trusted: bool, emit: impl FnMut(Anomaly)) {
+        let h = self.on.params.history;
+        if trusted && event.session.is_none() {
+            tracing::trace!(id = %event.id, "event from an allow-listed network");
+            return;
+        }
+        let key = (event.enterprise.clone(), event.user.clone());
+        let user = match self.users.entry(key) {
+            Entry::Occupied(user) => user.into_mut(),
+            Entry::Vacant(new) => {
+                // Every remembered user has exactly one pending idle check: first the earliest
+                // it could be forgotten, then as [`Detector::end_second`] finds.
+                self.idle_at
+                    .entry(now + (h + 3600).min(self.on.session_expiry) + 1)
+                    .or_default()
+                    .push(new.key().clone());
+                new.insert(UserState::default())
             }
-            while let Some(entry) = idle_at.first_entry() {
-                if *entry.key() > now {
-                    break;
-                }
-                for key in entry.remove() {
-                    match users.get(&key) {
-                        Some(u) if now - u.last > h + 3600 => {
-                            size -= users.remove(&key).map_or(0, |u| u.size());
-                        }
-                        Some(u) => {
-                            let at = u.last + h + 3600 + 1;
-                            idle_at.entry(at).or_default().push(key);
-                        }
-                        None => {}
+        };
+        self.size -= user.size();
+        if trusted {
+            tracing::trace!(id = %event.id, "event from an allow-listed network");
+            user.sighted(&event.session, now, self.on.session_expiry);
+        } else {
+            observe(
+                user,
+                event,
+                now,
+                &self.on,
+                &self.tor,
+                &mut self.derived,
+                emit,
+            );
+        }
+        if user.size() > 2 * user.pruned_at.max(8) {
+            user.prune(now, h, self.on.session_expiry);
+        }
+        self.size += user.size();
+    }
+
+    /// When `session` of `user` in `enterprise` was first seen, if it was seen within the
+    /// session expiry before `now`.
+    pub fn first_seen(
+        &self,
+        enterprise: &str,
+        user: &str,
+        session: &str,
+        now: Time,
+    ) -> Option<Time> {
+        let user = self
+            .users
+            .get(&(ArcStr::from(enterprise), ArcStr::from(user)))?;
+        let seen = user.sessions.get(&Some(ArcStr::from(session)))?;
+        (now - seen.last_seen <= self.on.session_expiry).then_some(seen.first_seen)
+    }
+
+    /// Ends second `now`: forgets the users idle long enough that forgetting them changes
+    /// nothing (no heuristic entry within H, no hour bucket left, no session within the
+    /// expiry), and publishes the state's size.
+    pub fn end_second(&mut self, now: Time) {
+        let h = self.on.params.history;
+        while let Some(entry) = self.idle_at.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            for key in entry.remove() {
+                match self.users.get(&key) {
+                    Some(u) if now > u.forgettable_after(h, self.on.session_expiry) => {
+                        self.size -= self.users.remove(&key).map_or(0, |u| u.size());
                     }
+                    Some(u) => {
+                        let at = u.forgettable_after(h, self.on.session_expiry) + 1;
+                        self.idle_at.entry(at).or_default().push(key);
+                    }
+                    None => {}
                 }
             }
-            // Published only when this worker's own largest grows: a write per second to a
-            // counter both workers share would move its cache line between their cores.
-            if size + users.len() > largest {
-                largest = size + users.len();
-                state_size.fetch_max(largest, Ordering::Relaxed);
-            }
-        },
-    )
-    .as_collection()
+        }
+        // Published only when this worker's own largest grows: a write per second to a
+        // counter both workers share would move its cache line between their cores.
+        if self.size + self.users.len() > self.largest {
+            self.largest = self.size + self.users.len();
+            self.state_size.fetch_max(self.largest, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Applies one event to a user's state, emitting what it reveals.
@@ -280,13 +393,24 @@ fn observe(
     let active = user.active;
     debug_assert_eq!(active, user.hours.iter().map(|(_, c)| c).sum::<u64>());
     let experienced = active >= params.min_history;
-    let run = match user.sessions.get_mut(&event.session) {
-        Some(run) if now - run.last <= h => run,
-        _ => {
-            user.sessions.insert(event.session.clone(), Run::default());
+    // The event's session: sighted, and its run started anew after H idle (one lookup when
+    // the session is known).
+    let session = match user.sessions.get_mut(&event.session) {
+        Some(session) => {
+            session.sighted(now, on.session_expiry);
+            session
+        }
+        None => {
+            user.sessions
+                .insert(event.session.clone(), Session::new(now));
             user.sessions.get_mut(&event.session).expect("inserted")
         }
     };
+    user.seen_last = now;
+    if session.run.as_ref().is_none_or(|run| now - run.last > h) {
+        session.run = Some(Run::default());
+    }
+    let run = session.run.as_mut().expect("a run");
     let mut found = |finding: Finding, known: usize| emit(finding.anomaly(event, now, known, h));
     let family = event.ua.as_ref().map(|ua| {
         derived

@@ -173,10 +173,19 @@ pub(crate) fn build(
         let (rules_in, rules) = scope.new_collection();
         let (policies_in, policies) = scope.new_collection();
         let (tor_in, tor) = scope.new_collection();
-        let screened = screen::screen(events.clone(), policies.clone());
+        let screened = screen::screen(events, policies.clone());
         let (threshold, state) =
             threshold::detect_with_state(screened.clone(), rules, on_state.is_some());
-        let anomalies = threshold.concat(heuristics::detect(screened, tor, heuristics, state_max));
+        let (heuristic, decisions) = decide::decide(
+            screened,
+            threshold.clone(),
+            policies,
+            tor,
+            heuristics,
+            session_expiry,
+            state_max,
+        );
+        let anomalies = threshold.concat(heuristic);
         let probe = ProbeHandle::new();
         if let Some(sink) = on_state {
             // The live API's view of window counts and baselines, gathered on worker 0.
@@ -208,12 +217,11 @@ pub(crate) fn build(
                 .probe_with(&probe);
         }
         anomalies
-            .clone()
             .inner
             .exchange(|_| 0)
             .inspect(move |(anomaly, time, _): &(Anomaly, Time, isize)| on_anomaly(anomaly, *time))
             .probe_with(&probe);
-        decide::decide(events, anomalies, policies, session_expiry)
+        decisions
             .exchange(|_| 0)
             .inspect(move |(decision, time, _): &(Decision, Time, isize)| {
                 on_decision(decision, *time)

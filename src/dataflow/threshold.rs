@@ -15,10 +15,10 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
+use super::decide::UserInput;
 use super::ops::{delay_by, hold_at, hold_earliest, ordered_binary, Contents};
 use crate::model::{
-    explain_threshold, Anomaly, ArcStr, Baseline, EventId, Evidence, Rule, ShapeId, SharedEvent,
-    Time,
+    explain_threshold, Anomaly, ArcStr, Baseline, EventId, Evidence, Rule, ShapeId, Time,
 };
 
 /// A counting key: (enterprise, rule shape, group key).
@@ -57,8 +57,6 @@ pub struct Over {
     pub rule: Rule,
 }
 
-/// Builds the threshold detectors over `events` and `rules`; returns the stream of anomalies,
-/// each at its `detected_at` time.
 /// What the threshold graph computes on the way, for the live API: the window count of every
 /// key, and the baseline of every (enterprise, shape, rule in force).
 pub struct ThresholdState<'s> {
@@ -66,8 +64,10 @@ pub struct ThresholdState<'s> {
     pub baselines: VecCollection<'s, Time, ((ArcStr, ShapeId, Rule), Baseline), isize>,
 }
 
+/// Builds the threshold detectors over the screened `events` (those an allow-list trusts are
+/// not counted) and `rules`; returns the stream of anomalies, each at its `detected_at` time.
 pub fn detect<'s>(
-    events: VecCollection<'s, Time, SharedEvent, isize>,
+    events: VecCollection<'s, Time, UserInput, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> VecCollection<'s, Time, Anomaly, isize> {
     detect_with_state(events, rules, false).0
@@ -76,7 +76,7 @@ pub fn detect<'s>(
 /// [`detect`], also returning the live baselines, and the live window counts when `with_counts`
 /// is set (otherwise that collection stays empty: a replay has no use for it).
 pub fn detect_with_state<'s>(
-    events: VecCollection<'s, Time, SharedEvent, isize>,
+    events: VecCollection<'s, Time, UserInput, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
     with_counts: bool,
 ) -> (VecCollection<'s, Time, Anomaly, isize>, ThresholdState<'s>) {
@@ -405,7 +405,7 @@ fn bucket_counts<'s>(
 /// Matches each event against the rules in force at its time (an as-of join): the rules
 /// collection is broadcast, and a time's events are matched once both inputs have passed it.
 fn match_rules<'s>(
-    events: VecCollection<'s, Time, SharedEvent, isize>,
+    events: VecCollection<'s, Time, UserInput, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
 ) -> VecCollection<'s, Time, (CKey, Counted), isize> {
     let mut in_force: Contents<Rule> = Contents::default();
@@ -428,7 +428,11 @@ fn match_rules<'s>(
                     }
                 }
             }
-            for (event, diff) in at.left.drain(..) {
+            for (input, diff) in at.left.drain(..) {
+                // Events an allow-list trusts enter no count.
+                let UserInput::Event(event, false) = input else {
+                    continue;
+                };
                 let Some(rules) = by_action.get(event.action.as_str()) else {
                     continue;
                 };
