@@ -8,6 +8,7 @@ use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
@@ -524,11 +525,19 @@ fn episodes<'s>(
                 changed
                     .entry(key.clone())
                     .or_insert_with(|| present.get(&key).is_some_and(|m| !m.is_empty()));
-                let details = present.entry(key).or_default();
-                let count = details.entry(over.clone()).or_insert(0);
-                *count += diff;
-                if count.is_zero() {
-                    details.remove(&over);
+                // The record itself is the map's key: no copy of it (a rule's texts) per update.
+                match present.entry(key).or_default().entry(over) {
+                    Entry::Occupied(mut count) => {
+                        *count.get_mut() += diff;
+                        if count.get().is_zero() {
+                            count.remove();
+                        }
+                    }
+                    Entry::Vacant(slot) => {
+                        if !diff.is_zero() {
+                            slot.insert(diff);
+                        }
+                    }
                 }
             }
             for (key, was_over) in changed {
