@@ -53,14 +53,14 @@ fn hot_paths(c: &mut Criterion) {
     group.bench_function("sequence", |b| {
         b.iter_batched(
             || events.chunks(4096).map(<[Event]>::to_vec).collect(),
-            Sequencer::sort_all,
+            |blocks| Sequencer::sort_all(blocks, 2),
             BatchSize::LargeInput,
         )
     });
     group.finish();
 
     let config = Config::default();
-    let (sequenced, _) = Sequencer::sort_all(vec![events]);
+    let (sequenced, _) = Sequencer::sort_all(vec![events], 1);
     let mut input = EngineInput::new(
         sequenced,
         config.rules().expect("rules"),

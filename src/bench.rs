@@ -354,7 +354,7 @@ pub fn bench(options: &BenchOptions, say: &mut dyn FnMut(&str)) -> Result<BenchR
         });
     }
     let decoded = source::read_inputs(&inputs, false)?;
-    let (workload, _) = Sequencer::sort_all(decoded.blocks);
+    let (workload, _) = Sequencer::sort_all(decoded.blocks, 1);
     let mut workload: Vec<Sequenced> = workload.into_iter().collect();
     if options.live_events > 0 {
         workload.truncate(options.live_events as usize);

@@ -265,8 +265,14 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         tracing::warn!(reason = %reason, count, "rejected input lines");
     }
     let decoded_at = started.elapsed();
-    // Replay holds everything until the end, then releases in (time, id) order.
-    let (events, stats) = Sequencer::sort_all(decoded.blocks);
+    // Replay holds everything until the end, then releases in (time, id) order, dealt as the
+    // engine's workers (in every process) take the events.
+    let placement = Placement {
+        threads: options.workers.max(1),
+        cluster: options.cluster.clone(),
+    };
+    let peers = placement.threads * placement.process().1;
+    let (events, stats) = Sequencer::sort_all(decoded.blocks, peers);
     summary.duplicates = stats.duplicates;
     summary.late = stats.late;
     summary.events = events.len() as u64;
@@ -287,10 +293,6 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
     let (heuristics, tor) = heuristic_setup(&options.config.detectors, asn_table.is_some())?;
     input.heuristics = heuristics;
     input.tor = tor.map(|ips| vec![(0, ips)]).unwrap_or_default();
-    let placement = Placement {
-        threads: options.workers.max(1),
-        cluster: options.cluster.clone(),
-    };
     let (output, stats) = dataflow::run_placed(Arc::new(input), &placement, options.progress)?;
     let (anomalies, decisions) = (output.anomalies, output.decisions);
     let engine_time = engine_started.elapsed();

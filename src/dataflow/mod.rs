@@ -243,12 +243,23 @@ const WORKER_BATCH: usize = 8_192;
 type Share = Mutex<Option<EventChunks>>;
 
 /// Splits the events among the workers of this process: event i goes to global worker
-/// i mod peers (so each share stays in time order); other processes' shares are dropped. Each
-/// input chunk is freed once dealt, and each share's chunks once fed.
+/// i mod peers (so each share stays in time order); other processes' shares are dropped. Events
+/// already dealt that way (a replay sequences them so) are taken part by part, as they are;
+/// otherwise each is moved into its share, each input chunk freed once dealt. Each share's
+/// chunks are freed once fed.
 fn share_out(events: EventChunks, placement: &Placement) -> Vec<Share> {
     let threads = placement.threads.max(1);
     let (process, processes) = placement.process();
     let peers = threads * processes;
+    if events.deal() == peers {
+        return events
+            .into_parts()
+            .into_iter()
+            .skip(process * threads)
+            .take(threads)
+            .map(|s| Mutex::new(Some(s)))
+            .collect();
+    }
     let mut shares: Vec<EventChunks> = vec![EventChunks::default(); threads];
     for (i, event) in events.into_iter().enumerate() {
         let global = i % peers;
@@ -309,7 +320,12 @@ pub fn run_placed(
     // worker index) and moves them into the dataflow, so the input is freed as it is fed.
     let mut input = Arc::try_unwrap(input).unwrap_or_else(|shared| (*shared).clone());
     let total_events = input.events.len() as u64;
+    let dealing = std::time::Instant::now();
     let shares = share_out(std::mem::take(&mut input.events), placement);
+    tracing::debug!(
+        share_ms = dealing.elapsed().as_millis() as u64,
+        "events dealt to the workers"
+    );
     let input = Arc::new(input);
     let state_max = Arc::new(AtomicUsize::new(0));
     let worker_state_max = state_max.clone();

@@ -123,13 +123,17 @@ impl Sequencer {
     }
 
     /// The whole-input form of `Sequencer::new(None, _)` followed by `push` of every event and
-    /// `finish`: the first of each id is kept, and events come out in (time, id) order. The
+    /// `finish`: the first of each id is kept, and events come out in (time, id) order, dealt
+    /// into `deal` parts ([`EventChunks::dealt`]: the engine's workers, for a replay). The
     /// input comes in blocks (as the reader decodes it); each block is sorted in place (blocks
-    /// shared among the cores) and the blocks are merged, each freed once merged, so the events
-    /// are never held twice over (for input that is roughly in time order, as audit logs are).
-    pub fn sort_all(mut blocks: Vec<Vec<Event>>) -> (EventChunks, SequencerStats) {
+    /// shared among the cores). Blocks that follow one another in order (input in time order,
+    /// as audit logs are) are then dealt on all cores at once, each block into its pieces of
+    /// the parts; blocks that overlap are merged on one, each freed once merged. Either way the
+    /// events are never held twice over.
+    pub fn sort_all(mut blocks: Vec<Vec<Event>>, deal: usize) -> (EventChunks, SequencerStats) {
         let total: usize = blocks.iter().map(Vec::len).sum();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let started = std::time::Instant::now();
         // The first of each id, found on every core at once: ids are split among the cores by
         // a hash, and each core walks the whole input in order, keeping a set of its own ids
         // only. An event is dropped when the core that owns its id has seen that id before.
@@ -168,6 +172,7 @@ impl Sequencer {
             }
             keep
         };
+        let deduplicated = started.elapsed();
         let share = blocks.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
             for (blocks, keep) in blocks.chunks_mut(share).zip(keep.chunks(share)) {
@@ -180,43 +185,20 @@ impl Sequencer {
                 });
             }
         });
-        let mut sources: Vec<std::vec::IntoIter<Event>> =
-            blocks.into_iter().map(Vec::into_iter).collect();
-        let mut heads: BinaryHeap<Reverse<(Time, EventId, usize)>> = sources
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                s.as_slice()
-                    .first()
-                    .map(|e| Reverse((e.time, e.id.clone(), i)))
-            })
-            .collect();
-        let mut out = EventChunks::default();
-        // After de-duplication no two events share (time, id), so the block index never decides.
-        while let Some(Reverse((_, _, i))) = heads.pop() {
-            // Take from this block for as long as it holds the least event: blocks of input
-            // that is in time order hardly overlap, so this is mostly one comparison per event.
-            loop {
-                let event = sources[i].next().expect("a head");
-                out.push((event.time, event));
-                match sources[i].as_slice().first() {
-                    Some(next) => {
-                        let least = heads
-                            .peek()
-                            .is_none_or(|Reverse((t, id, _))| (next.time, &next.id) < (*t, id));
-                        if !least {
-                            heads.push(Reverse((next.time, next.id.clone(), i)));
-                            break;
-                        }
-                    }
-                    // Exhausted: free the block now.
-                    None => {
-                        sources[i] = Vec::new().into_iter();
-                        break;
-                    }
-                }
-            }
-        }
+        let sorted = started.elapsed();
+        let (blocks, in_order) = join_straddling_seconds(blocks);
+        let out = if in_order {
+            deal_in_order(blocks, deal, threads)
+        } else {
+            merge(blocks, deal)
+        };
+        tracing::debug!(
+            dedup_ms = deduplicated.as_millis() as u64,
+            sort_ms = (sorted - deduplicated).as_millis() as u64,
+            merge_ms = (started.elapsed() - sorted).as_millis() as u64,
+            in_order,
+            "input sequenced"
+        );
         let stats = SequencerStats {
             released: out.len() as u64,
             duplicates: (total - out.len()) as u64,
@@ -233,6 +215,125 @@ impl Sequencer {
         }
         self.watermark
     }
+}
+
+/// Sorted blocks, without the empty ones, and whether they follow one another in (time, id)
+/// order. Input in time order still has seconds that straddle two blocks, whose ids are sorted
+/// within each block only: such a second's events are moved to the end of the earlier block
+/// and sorted there. Any other overlap means the blocks must be merged.
+fn join_straddling_seconds(blocks: Vec<Vec<Event>>) -> (Vec<Vec<Event>>, bool) {
+    let mut joined: Vec<Vec<Event>> = Vec::with_capacity(blocks.len());
+    let mut in_order = true;
+    for mut block in blocks {
+        if let (Some(prev), Some(first), true) = (joined.last_mut(), block.first(), in_order) {
+            let last = prev.last().expect("no empty block is kept").time;
+            if last > first.time {
+                in_order = false;
+            } else if last == first.time {
+                let straddling = block.partition_point(|e| e.time == last);
+                prev.extend(block.drain(..straddling));
+                let start = prev.partition_point(|e| e.time < last);
+                prev[start..].sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            }
+        }
+        if !block.is_empty() {
+            joined.push(block);
+        }
+    }
+    (joined, in_order)
+}
+
+/// Sorted blocks that follow one another in (time, id) order, dealt into `deal` parts on
+/// `threads` cores: the global position of each block's first event is known, so each core
+/// deals its blocks into pieces of the parts, and each part is its pieces in block order.
+fn deal_in_order(blocks: Vec<Vec<Event>>, deal: usize, threads: usize) -> EventChunks {
+    let deal = deal.max(1);
+    let mut offsets = Vec::with_capacity(blocks.len());
+    let mut offset = 0;
+    for block in &blocks {
+        offsets.push(offset);
+        offset += block.len();
+    }
+    let share = blocks.len().div_ceil(threads).max(1);
+    let mut work: Vec<(usize, Vec<Event>)> = offsets.into_iter().zip(blocks).collect();
+    // Per block, its pieces of each part.
+    let pieces: Vec<Vec<Vec<Sequenced>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks_mut(share)
+            .map(|blocks| {
+                scope.spawn(move || {
+                    blocks
+                        .iter_mut()
+                        .map(|(offset, block)| {
+                            let mut pieces: Vec<Vec<Sequenced>> = (0..deal)
+                                .map(|_| Vec::with_capacity(block.len() / deal + 1))
+                                .collect();
+                            for (i, event) in std::mem::take(block).into_iter().enumerate() {
+                                pieces[(*offset + i) % deal].push((event.time, event));
+                            }
+                            pieces
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a dealing thread panicked"))
+            .collect()
+    });
+    let mut parts: Vec<Vec<Vec<Sequenced>>> = vec![Vec::new(); deal];
+    for block in pieces {
+        for (part, piece) in parts.iter_mut().zip(block) {
+            if !piece.is_empty() {
+                part.push(piece);
+            }
+        }
+    }
+    EventChunks::from_parts(parts)
+}
+
+/// Sorted blocks that overlap, merged into `deal` parts on one core, each block freed once
+/// merged.
+fn merge(blocks: Vec<Vec<Event>>, deal: usize) -> EventChunks {
+    let mut sources: Vec<std::vec::IntoIter<Event>> =
+        blocks.into_iter().map(Vec::into_iter).collect();
+    let mut heads: BinaryHeap<Reverse<(Time, EventId, usize)>> = sources
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            s.as_slice()
+                .first()
+                .map(|e| Reverse((e.time, e.id.clone(), i)))
+        })
+        .collect();
+    let mut out = EventChunks::dealt(deal);
+    // After de-duplication no two events share (time, id), so the block index never decides.
+    while let Some(Reverse((_, _, i))) = heads.pop() {
+        // Take from this block for as long as it holds the least event: blocks of input
+        // that is in time order hardly overlap, so this is mostly one comparison per event.
+        loop {
+            let event = sources[i].next().expect("a head");
+            out.push((event.time, event));
+            match sources[i].as_slice().first() {
+                Some(next) => {
+                    let least = heads
+                        .peek()
+                        .is_none_or(|Reverse((t, id, _))| (next.time, &next.id) < (*t, id));
+                    if !least {
+                        heads.push(Reverse((next.time, next.id.clone(), i)));
+                        break;
+                    }
+                }
+                // Exhausted: free the block now.
+                None => {
+                    sources[i] = Vec::new().into_iter();
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -313,9 +414,14 @@ mod tests {
             blocks.push(std::mem::replace(&mut rest, tail));
             size = size * 3 % 301 + 1;
         }
-        let (sorted, stats) = Sequencer::sort_all(blocks);
-        assert_eq!(sorted.into_iter().collect::<Vec<_>>(), streamed);
-        assert_eq!(&stats, s.stats());
+        for deal in [1, 2, 3] {
+            let (sorted, stats) = Sequencer::sort_all(blocks.clone(), deal);
+            assert_eq!(sorted.deal(), deal);
+            assert_eq!(sorted.iter().cloned().collect::<Vec<_>>(), streamed);
+            assert_eq!(sorted.into_iter().collect::<Vec<_>>(), streamed);
+            assert_eq!(&stats, s.stats());
+        }
+        let stats = Sequencer::sort_all(blocks, 1).1;
         assert!(stats.duplicates > 0);
     }
 
@@ -344,8 +450,84 @@ mod tests {
         assert!(blocks[0].is_sorted_by_key(|e| e.time));
         assert!(!blocks[0].is_sorted_by_key(|e| (e.time, e.id.clone())));
         assert!(!blocks[3].is_sorted_by_key(|e| e.time));
-        let (sorted, _) = Sequencer::sort_all(blocks);
+        let (sorted, _) = Sequencer::sort_all(blocks, 2);
         assert_eq!(sorted.into_iter().collect::<Vec<_>>(), streamed);
+    }
+
+    /// Input in (time, id) order cut into blocks of uneven sizes, each shuffled, some ids
+    /// re-sent: the blocks follow one another once sorted, so they are dealt on all cores
+    /// without a merge, into as many parts as asked; the result is the streaming path's.
+    #[test]
+    fn blocks_in_order_are_dealt_without_a_merge() {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let mut time = 0;
+        let mut events: Vec<Event> = (0..5000)
+            .map(|i| {
+                time += rng.gen_range(0..2);
+                ev(&format!("{:04}-{i}", rng.gen_range(0..10_000)), time)
+            })
+            .collect();
+        // Re-sent entries, each next to its first sending (so in the same block or the next).
+        for i in (100..4900).step_by(97) {
+            let again = events[i].clone();
+            events.insert(i + 1, again);
+        }
+        let mut s = Sequencer::new(None, 1_000_000);
+        let mut streamed = Vec::new();
+        for e in events.clone() {
+            s.push(e, &mut streamed);
+        }
+        s.finish(&mut streamed);
+        let mut blocks: Vec<Vec<Event>> = Vec::new();
+        let mut rest = events.as_slice();
+        let mut size = 7;
+        while !rest.is_empty() {
+            let (block, tail) = rest.split_at(size.min(rest.len()));
+            let mut block = block.to_vec();
+            block.shuffle(&mut rng);
+            blocks.push(block);
+            rest = tail;
+            size = size * 5 % 613 + 1;
+        }
+        // The blocks as `sort_all` sees them before dealing: the first of each id, sorted.
+        let mut seen = std::collections::HashSet::new();
+        let mut sorted_blocks = blocks.clone();
+        for block in &mut sorted_blocks {
+            block.retain(|e| seen.insert(e.id.clone()));
+            sort_block(block);
+        }
+        // Seconds straddle blocks (their ids out of order across the cut), and yet the blocks
+        // take the dealing path.
+        let straddling = sorted_blocks
+            .windows(2)
+            .filter(|w| match (w[0].last(), w[1].first()) {
+                (Some(a), Some(b)) => a.time == b.time && a.id > b.id,
+                _ => false,
+            })
+            .count();
+        assert!(straddling > 3, "{straddling}");
+        let (joined, in_order) = join_straddling_seconds(sorted_blocks);
+        assert!(in_order, "the test's blocks take the dealing path");
+        let flat: Vec<&Event> = joined.iter().flatten().collect();
+        assert!(flat
+            .windows(2)
+            .all(|w| (w[0].time, &w[0].id) < (w[1].time, &w[1].id)));
+        for deal in [1, 2, 3, 4] {
+            let (sorted, stats) = Sequencer::sort_all(blocks.clone(), deal);
+            assert_eq!(sorted.deal(), deal);
+            assert_eq!(sorted.len(), streamed.len());
+            assert_eq!(sorted.iter().cloned().collect::<Vec<_>>(), streamed);
+            assert_eq!(&stats, s.stats());
+            // Each part holds every deal-th event.
+            for (w, part) in sorted.clone().into_parts().into_iter().enumerate() {
+                let expected: Vec<Sequenced> =
+                    streamed.iter().skip(w).step_by(deal).cloned().collect();
+                assert_eq!(part.into_iter().collect::<Vec<_>>(), expected);
+            }
+        }
+        assert!(s.stats().duplicates > 0);
     }
 
     #[test]

@@ -58,10 +58,44 @@ pub type Sequenced = (Time, Event);
 
 /// Sequenced events in processing order, held in chunks: iterating it by value frees each chunk
 /// once passed (a replay's engine does, which keeps its input from being held twice).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// The events can be held dealt into parts, event i in part i mod k ([`EventChunks::dealt`]),
+/// as the engine's workers take them (round robin): a replay sequences its input straight into
+/// its workers' shares, and the engine takes each part as it is instead of copying every event
+/// into a share of its own. Iteration interleaves the parts back into processing order, so the
+/// dealing shows nowhere else.
+#[derive(Clone, Debug, Default)]
 pub struct EventChunks {
-    chunks: Vec<Vec<Sequenced>>,
+    /// The parts, each in chunks (none at all is one empty part).
+    parts: Vec<Vec<Vec<Sequenced>>>,
     len: usize,
+}
+
+/// Items taken from each iterator in turn, `left` in all: event i of an [`EventChunks`] is
+/// item i / k of part i mod k.
+#[derive(Clone, Debug)]
+pub struct RoundRobin<I> {
+    iters: Vec<I>,
+    next: usize,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for RoundRobin<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        let item = self.iters[self.next].next();
+        self.next = (self.next + 1) % self.iters.len();
+        self.left -= 1;
+        item
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
 }
 
 impl EventChunks {
@@ -71,11 +105,62 @@ impl EventChunks {
     /// instead, which raised a replay's peak RSS by about 20 MiB.
     pub const CHUNK: usize = 4_096;
 
-    pub fn push(&mut self, event: Sequenced) {
-        if self.chunks.last().is_none_or(|c| c.len() == Self::CHUNK) {
-            self.chunks.push(Vec::with_capacity(Self::CHUNK));
+    /// An empty sequence that deals the events it is given into `k` parts (at least one).
+    pub fn dealt(k: usize) -> Self {
+        EventChunks {
+            parts: vec![Vec::new(); k.max(1)],
+            len: 0,
         }
-        self.chunks.last_mut().expect("a chunk").push(event);
+    }
+
+    /// The sequence whose event i is item i / k of `parts[i mod k]`, each part in chunks. The
+    /// parts' lengths must be those of a dealing: none shorter than a later one, none longer by
+    /// more than one.
+    pub fn from_parts(parts: Vec<Vec<Vec<Sequenced>>>) -> Self {
+        let lens: Vec<usize> = parts.iter().map(|p| p.iter().map(Vec::len).sum()).collect();
+        let len = lens.iter().sum();
+        let k = lens.len().max(1);
+        assert!(
+            lens.iter()
+                .enumerate()
+                .all(|(w, n)| *n == (len + k - 1 - w) / k),
+            "parts of {lens:?} are not a dealing"
+        );
+        EventChunks { parts, len }
+    }
+
+    /// How many parts the events are dealt into.
+    pub fn deal(&self) -> usize {
+        self.parts.len().max(1)
+    }
+
+    /// The parts, each as a sequence of its own (in part order).
+    pub fn into_parts(self) -> Vec<EventChunks> {
+        if self.parts.is_empty() {
+            return vec![EventChunks::default()];
+        }
+        self.parts
+            .into_iter()
+            .map(|chunks| {
+                let len = chunks.iter().map(Vec::len).sum();
+                EventChunks {
+                    parts: vec![chunks],
+                    len,
+                }
+            })
+            .collect()
+    }
+
+    pub fn push(&mut self, event: Sequenced) {
+        if self.parts.is_empty() {
+            self.parts.push(Vec::new());
+        }
+        let k = self.parts.len();
+        let part = &mut self.parts[self.len % k];
+        if part.last().is_none_or(|c| c.len() >= Self::CHUNK) {
+            part.push(Vec::with_capacity(Self::CHUNK));
+        }
+        part.last_mut().expect("a chunk").push(event);
         self.len += 1;
     }
 
@@ -88,17 +173,27 @@ impl EventChunks {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Sequenced> + Clone {
-        self.chunks.iter().flatten()
+        self.into_iter()
     }
 
     pub fn first(&self) -> Option<&Sequenced> {
-        self.chunks.first().and_then(|c| c.first())
+        self.parts.first()?.iter().flatten().next()
     }
 
     pub fn last(&self) -> Option<&Sequenced> {
-        self.chunks.last().and_then(|c| c.last())
+        let last = self.len.checked_sub(1)?;
+        self.parts[last % self.deal()].last()?.last()
     }
 }
+
+/// Equal when they hold the same events in the same order, however dealt.
+impl PartialEq for EventChunks {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for EventChunks {}
 
 impl From<Vec<Sequenced>> for EventChunks {
     fn from(events: Vec<Sequenced>) -> Self {
@@ -118,17 +213,39 @@ impl FromIterator<Sequenced> for EventChunks {
 
 impl IntoIterator for EventChunks {
     type Item = Sequenced;
-    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<Sequenced>>>;
+    type IntoIter = RoundRobin<std::iter::Flatten<std::vec::IntoIter<Vec<Sequenced>>>>;
     fn into_iter(self) -> Self::IntoIter {
-        self.chunks.into_iter().flatten()
+        let left = self.len;
+        let mut iters: Vec<_> = self
+            .parts
+            .into_iter()
+            .map(|p| p.into_iter().flatten())
+            .collect();
+        if iters.is_empty() {
+            iters.push(Vec::new().into_iter().flatten());
+        }
+        RoundRobin {
+            iters,
+            next: 0,
+            left,
+        }
     }
 }
 
 impl<'a> IntoIterator for &'a EventChunks {
     type Item = &'a Sequenced;
-    type IntoIter = std::iter::Flatten<std::slice::Iter<'a, Vec<Sequenced>>>;
+    type IntoIter = RoundRobin<std::iter::Flatten<std::slice::Iter<'a, Vec<Sequenced>>>>;
     fn into_iter(self) -> Self::IntoIter {
-        self.chunks.iter().flatten()
+        const NONE: &[Vec<Sequenced>] = &[];
+        let mut iters: Vec<_> = self.parts.iter().map(|p| p.iter().flatten()).collect();
+        if iters.is_empty() {
+            iters.push(NONE.iter().flatten());
+        }
+        RoundRobin {
+            iters,
+            next: 0,
+            left: self.len,
+        }
     }
 }
 
@@ -439,6 +556,71 @@ fn fmt_ppm(v: u32) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    fn sequenced(n: usize) -> Vec<Sequenced> {
+        (0..n)
+            .map(|i| {
+                let event = Event {
+                    id: format!("e{i}").into(),
+                    time: i as u64 / 3,
+                    action: "a".into(),
+                    enterprise: "E".into(),
+                    user: "U".into(),
+                    session: None,
+                    ip: None,
+                    ua: None,
+                    asn: None,
+                };
+                (event.time, event)
+            })
+            .collect()
+    }
+
+    /// However the events are dealt (and across chunk boundaries), a sequence iterates, by
+    /// reference and by value, in the order it was given; first, last, length and equality are
+    /// the events'; each part holds every k-th event.
+    #[test]
+    fn dealt_events_iterate_in_their_order() {
+        for n in [0, 1, 2, 5, EventChunks::CHUNK * 2 + 3] {
+            let events = sequenced(n);
+            let plain: EventChunks = events.clone().into();
+            for k in 1..=4 {
+                let mut dealt = EventChunks::dealt(k);
+                for e in events.clone() {
+                    dealt.push(e);
+                }
+                assert_eq!(dealt.deal(), k);
+                assert_eq!(dealt.len(), n);
+                assert_eq!(dealt.iter().cloned().collect::<Vec<_>>(), events);
+                assert_eq!(dealt.first(), events.first());
+                assert_eq!(dealt.last(), events.last());
+                assert_eq!(dealt, plain, "equal whatever the dealing");
+                let parts = dealt.clone().into_parts();
+                assert_eq!(parts.len(), k);
+                for (w, part) in parts.iter().enumerate() {
+                    let every: Vec<Sequenced> = events.iter().skip(w).step_by(k).cloned().collect();
+                    assert_eq!(part.iter().cloned().collect::<Vec<_>>(), every);
+                }
+                let rebuilt = EventChunks::from_parts(
+                    parts
+                        .into_iter()
+                        .map(|p| vec![p.into_iter().collect::<Vec<_>>()])
+                        .collect(),
+                );
+                assert_eq!(rebuilt.into_iter().collect::<Vec<_>>(), events);
+                assert_eq!(dealt.into_iter().collect::<Vec<_>>(), events);
+            }
+        }
+        assert!(EventChunks::default().iter().next().is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "not a dealing")]
+    fn parts_that_are_not_a_dealing_are_refused() {
+        let events = sequenced(3);
+        EventChunks::from_parts(vec![vec![], vec![events]]);
+    }
+
     #[test]
     fn events_are_small_and_chunks_keep_order_across_boundaries() {
         // The README's per-event figure: seven pointers or integers, and the id (a UUID inline,
