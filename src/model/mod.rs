@@ -557,20 +557,25 @@ fn fmt_ppm(v: u32) -> String {
 #[cfg(test)]
 mod tests {
 
+    /// Event `e{i}` at `time`, with nothing but its id and time set apart.
+    fn event(i: u64, time: Time) -> Event {
+        Event {
+            id: format!("e{i}").into(),
+            time,
+            action: "a".into(),
+            enterprise: "E".into(),
+            user: "U".into(),
+            session: None,
+            ip: None,
+            ua: None,
+            asn: None,
+        }
+    }
+
     fn sequenced(n: usize) -> Vec<Sequenced> {
-        (0..n)
+        (0..n as u64)
             .map(|i| {
-                let event = Event {
-                    id: format!("e{i}").into(),
-                    time: i as u64 / 3,
-                    action: "a".into(),
-                    enterprise: "E".into(),
-                    user: "U".into(),
-                    session: None,
-                    ip: None,
-                    ua: None,
-                    asn: None,
-                };
+                let event = event(i, i / 3);
                 (event.time, event)
             })
             .collect()
@@ -629,17 +634,7 @@ mod tests {
         let n = super::EventChunks::CHUNK * 2 + 3;
         let events: Vec<super::Sequenced> = (0..n as u64)
             .map(|t| {
-                let mut e = super::Event {
-                    id: format!("e{t}").into(),
-                    time: t,
-                    action: "a".into(),
-                    enterprise: "E".into(),
-                    user: "U".into(),
-                    session: None,
-                    ip: None,
-                    ua: None,
-                    asn: None,
-                };
+                let mut e = event(t, t);
                 e.asn = Some(t as u32);
                 (t, e)
             })
