@@ -271,8 +271,7 @@ pub fn run_pipeline(options: &ReplayOptions) -> Result<ReplayReport, ReplayError
         threads: options.workers.max(1),
         cluster: options.cluster.clone(),
     };
-    let peers = placement.threads * placement.process().1;
-    let (events, stats) = Sequencer::sort_all(decoded.blocks, peers);
+    let (events, stats) = Sequencer::sort_all(decoded.blocks, placement.peers());
     summary.duplicates = stats.duplicates;
     summary.late = stats.late;
     summary.events = events.len() as u64;

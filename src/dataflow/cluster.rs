@@ -136,6 +136,11 @@ impl Placement {
         self.cluster.as_ref().is_none_or(|c| c.process == 0)
     }
 
+    /// Workers in all processes: the engine deals its input round robin among them.
+    pub fn peers(&self) -> usize {
+        self.threads.max(1) * self.process().1
+    }
+
     /// The process index and count (0 and 1 without a cluster).
     pub fn process(&self) -> (usize, usize) {
         self.cluster

@@ -66,7 +66,8 @@ impl Session {
 struct UserState {
     /// The user's last event that no allow-list trusts.
     last: Time,
-    /// The user's last event of any kind with a session sighted.
+    /// The user's last event with a session (allow-listed or not): its sessions' sightings
+    /// matter until the session expiry after it.
     seen_last: Time,
     /// Events per hour bucket, for the activity count.
     hours: VecDeque<(u64, u64)>,
@@ -91,13 +92,13 @@ impl UserState {
     }
 
     /// Drops what is older than H, and sessions neither in a run within H nor sighted within
-    /// the session expiry.
+    /// the session expiry (events without a session id have no sighting the decisions read).
     fn prune(&mut self, now: Time, h: u64, expiry: u64) {
-        self.sessions.retain(|_, s| {
+        self.sessions.retain(|id, s| {
             if s.run.as_ref().is_some_and(|r| now - r.last > h) {
                 s.run = None;
             }
-            s.run.is_some() || now - s.last_seen <= expiry
+            s.run.is_some() || (id.is_some() && now - s.last_seen <= expiry)
         });
         self.families.retain(|_, t| now - *t <= h);
         self.asns.retain(|_, t| now - *t <= h);
@@ -253,7 +254,7 @@ pub struct Detector {
     derived: Derived,
     /// When each remembered user is next checked for idleness (every user has one check).
     idle_at: BTreeMap<Time, Vec<(ArcStr, ArcStr)>>,
-    /// The heuristic entries held (sessions' sightings for the decisions are not counted).
+    /// The entries held (sessions kept only for their sightings included).
     size: usize,
     /// The largest state this worker has published to `state_size`.
     largest: usize,
@@ -406,7 +407,9 @@ fn observe(
             user.sessions.get_mut(&event.session).expect("inserted")
         }
     };
-    user.seen_last = now;
+    if event.session.is_some() {
+        user.seen_last = now;
+    }
     if session.run.as_ref().is_none_or(|run| now - run.last > h) {
         session.run = Some(Run::default());
     }

@@ -249,8 +249,8 @@ type Share = Mutex<Option<EventChunks>>;
 /// chunks are freed once fed.
 fn share_out(events: EventChunks, placement: &Placement) -> Vec<Share> {
     let threads = placement.threads.max(1);
-    let (process, processes) = placement.process();
-    let peers = threads * processes;
+    let (process, _) = placement.process();
+    let peers = placement.peers();
     if events.deal() == peers {
         return events
             .into_parts()

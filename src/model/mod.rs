@@ -88,7 +88,12 @@ impl<I: Iterator> Iterator for RoundRobin<I> {
             return None;
         }
         let item = self.iters[self.next].next();
-        self.next = (self.next + 1) % self.iters.len();
+        // No division per item: the whole sequence's walks (the engine's input check among
+        // them) go through here.
+        self.next += 1;
+        if self.next == self.iters.len() {
+            self.next = 0;
+        }
         self.left -= 1;
         item
     }
@@ -182,7 +187,7 @@ impl EventChunks {
 
     pub fn last(&self) -> Option<&Sequenced> {
         let last = self.len.checked_sub(1)?;
-        self.parts[last % self.deal()].last()?.last()
+        self.parts[last % self.deal()].iter().flatten().next_back()
     }
 }
 
