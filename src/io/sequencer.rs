@@ -341,17 +341,19 @@ mod tests {
     use super::*;
 
     fn ev(id: &str, time: Time) -> Event {
-        Event {
-            id: id.into(),
-            time,
-            action: "a".into(),
-            enterprise: "E".into(),
-            user: "U".into(),
-            session: None,
-            ip: None,
-            ua: None,
-            asn: None,
+        Event::bare(id, time)
+    }
+
+    /// `events` through the streaming path (no lateness bound): its output, and the sequencer
+    /// for its statistics.
+    fn stream_all(events: &[Event], dedup_horizon: u64) -> (Vec<Sequenced>, Sequencer) {
+        let mut s = Sequencer::new(None, dedup_horizon);
+        let mut out = Vec::new();
+        for e in events.iter().cloned() {
+            s.push(e, &mut out);
         }
+        s.finish(&mut out);
+        (out, s)
     }
 
     fn texts(pairs: &[(Time, &str)]) -> Vec<(Time, String)> {
@@ -399,12 +401,7 @@ mod tests {
                 e
             })
             .collect();
-        let mut s = Sequencer::new(None, 10);
-        let mut streamed = Vec::new();
-        for e in events.clone() {
-            s.push(e, &mut streamed);
-        }
-        s.finish(&mut streamed);
+        let (streamed, s) = stream_all(&events, 10);
         // Blocks of uneven sizes, as the reader makes them.
         let mut blocks: Vec<Vec<Event>> = Vec::new();
         let mut rest = events;
@@ -439,19 +436,15 @@ mod tests {
             })
             .collect();
         events[1510..1530].reverse();
-        let mut s = Sequencer::new(None, 10);
-        let mut streamed = Vec::new();
-        for e in events.clone() {
-            s.push(e, &mut streamed);
-        }
-        s.finish(&mut streamed);
+        let (streamed, s) = stream_all(&events, 10);
         let blocks: Vec<Vec<Event>> = events.chunks(500).map(<[Event]>::to_vec).collect();
         // Both paths are taken: a block in time order whose ids are not, and a block that is not.
         assert!(blocks[0].is_sorted_by_key(|e| e.time));
         assert!(!blocks[0].is_sorted_by_key(|e| (e.time, e.id.clone())));
         assert!(!blocks[3].is_sorted_by_key(|e| e.time));
-        let (sorted, _) = Sequencer::sort_all(blocks, 2);
+        let (sorted, stats) = Sequencer::sort_all(blocks, 2);
         assert_eq!(sorted.into_iter().collect::<Vec<_>>(), streamed);
+        assert_eq!(&stats, s.stats());
     }
 
     /// Input in (time, id) order cut into blocks of uneven sizes, each shuffled, some ids
@@ -474,12 +467,7 @@ mod tests {
             let again = events[i].clone();
             events.insert(i + 1, again);
         }
-        let mut s = Sequencer::new(None, 1_000_000);
-        let mut streamed = Vec::new();
-        for e in events.clone() {
-            s.push(e, &mut streamed);
-        }
-        s.finish(&mut streamed);
+        let (streamed, s) = stream_all(&events, 1_000_000);
         let mut blocks: Vec<Vec<Event>> = Vec::new();
         let mut rest = events.as_slice();
         let mut size = 7;

@@ -46,6 +46,24 @@ pub struct Event {
     pub asn: Option<u32>,
 }
 
+#[cfg(test)]
+impl Event {
+    /// Event `id` at `time`, with nothing but its id and time set apart (the unit tests').
+    pub(crate) fn bare(id: &str, time: Time) -> Event {
+        Event {
+            id: id.into(),
+            time,
+            action: "a".into(),
+            enterprise: "E".into(),
+            user: "U".into(),
+            session: None,
+            ip: None,
+            ua: None,
+            asn: None,
+        }
+    }
+}
+
 /// An event as it travels the dataflow: shared, so that handing it to several operators (and
 /// dropping those copies) touches one reference count instead of one per text field. The text
 /// fields are interned and shared by many events, so their counts are hot across workers.
@@ -64,9 +82,9 @@ pub type Sequenced = (Time, Event);
 /// its workers' shares, and the engine takes each part as it is instead of copying every event
 /// into a share of its own. Iteration interleaves the parts back into processing order, so the
 /// dealing shows nowhere else.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EventChunks {
-    /// The parts, each in chunks (none at all is one empty part).
+    /// The parts, each in chunks: always at least one.
     parts: Vec<Vec<Vec<Sequenced>>>,
     len: usize,
 }
@@ -118,13 +136,16 @@ impl EventChunks {
         }
     }
 
-    /// The sequence whose event i is item i / k of `parts[i mod k]`, each part in chunks. The
-    /// parts' lengths must be those of a dealing: none shorter than a later one, none longer by
-    /// more than one.
-    pub fn from_parts(parts: Vec<Vec<Vec<Sequenced>>>) -> Self {
+    /// The sequence whose event i is item i / k of `parts[i mod k]`, each part in chunks (no
+    /// parts at all is one empty part). The parts' lengths must be those of a dealing: none
+    /// shorter than a later one, none longer by more than one.
+    pub fn from_parts(mut parts: Vec<Vec<Vec<Sequenced>>>) -> Self {
+        if parts.is_empty() {
+            parts.push(Vec::new());
+        }
         let lens: Vec<usize> = parts.iter().map(|p| p.iter().map(Vec::len).sum()).collect();
         let len = lens.iter().sum();
-        let k = lens.len().max(1);
+        let k = lens.len();
         assert!(
             lens.iter()
                 .enumerate()
@@ -136,14 +157,11 @@ impl EventChunks {
 
     /// How many parts the events are dealt into.
     pub fn deal(&self) -> usize {
-        self.parts.len().max(1)
+        self.parts.len()
     }
 
     /// The parts, each as a sequence of its own (in part order).
     pub fn into_parts(self) -> Vec<EventChunks> {
-        if self.parts.is_empty() {
-            return vec![EventChunks::default()];
-        }
         self.parts
             .into_iter()
             .map(|chunks| {
@@ -157,9 +175,6 @@ impl EventChunks {
     }
 
     pub fn push(&mut self, event: Sequenced) {
-        if self.parts.is_empty() {
-            self.parts.push(Vec::new());
-        }
         let k = self.parts.len();
         let part = &mut self.parts[self.len % k];
         if part.last().is_none_or(|c| c.len() >= Self::CHUNK) {
@@ -188,6 +203,13 @@ impl EventChunks {
     pub fn last(&self) -> Option<&Sequenced> {
         let last = self.len.checked_sub(1)?;
         self.parts[last % self.deal()].iter().flatten().next_back()
+    }
+}
+
+/// Empty, in one part.
+impl Default for EventChunks {
+    fn default() -> Self {
+        EventChunks::dealt(1)
     }
 }
 
@@ -221,14 +243,11 @@ impl IntoIterator for EventChunks {
     type IntoIter = RoundRobin<std::iter::Flatten<std::vec::IntoIter<Vec<Sequenced>>>>;
     fn into_iter(self) -> Self::IntoIter {
         let left = self.len;
-        let mut iters: Vec<_> = self
+        let iters = self
             .parts
             .into_iter()
             .map(|p| p.into_iter().flatten())
             .collect();
-        if iters.is_empty() {
-            iters.push(Vec::new().into_iter().flatten());
-        }
         RoundRobin {
             iters,
             next: 0,
@@ -241,13 +260,8 @@ impl<'a> IntoIterator for &'a EventChunks {
     type Item = &'a Sequenced;
     type IntoIter = RoundRobin<std::iter::Flatten<std::slice::Iter<'a, Vec<Sequenced>>>>;
     fn into_iter(self) -> Self::IntoIter {
-        const NONE: &[Vec<Sequenced>] = &[];
-        let mut iters: Vec<_> = self.parts.iter().map(|p| p.iter().flatten()).collect();
-        if iters.is_empty() {
-            iters.push(NONE.iter().flatten());
-        }
         RoundRobin {
-            iters,
+            iters: self.parts.iter().map(|p| p.iter().flatten()).collect(),
             next: 0,
             left: self.len,
         }
@@ -562,19 +576,9 @@ fn fmt_ppm(v: u32) -> String {
 #[cfg(test)]
 mod tests {
 
-    /// Event `e{i}` at `time`, with nothing but its id and time set apart.
+    /// Event `e{i}` at `time`.
     fn event(i: u64, time: Time) -> Event {
-        Event {
-            id: format!("e{i}").into(),
-            time,
-            action: "a".into(),
-            enterprise: "E".into(),
-            user: "U".into(),
-            session: None,
-            ip: None,
-            ua: None,
-            asn: None,
-        }
+        Event::bare(&format!("e{i}"), time)
     }
 
     fn sequenced(n: usize) -> Vec<Sequenced> {
