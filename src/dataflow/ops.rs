@@ -1,95 +1,19 @@
-//! Generic operators the aer graph is built from, beyond what differential-dataflow provides:
-//! a delay whose target time depends on the record (rules carry their own window and history),
-//! and a binary operator that processes each time in order once both inputs have passed it (the
-//! pattern for deterministic stateful stages such as rule matching and episode detection).
+//! Generic operators the aer graph is built from, beyond what differential-dataflow provides: a
+//! binary operator that processes each time in order once both inputs have passed it (the
+//! pattern for deterministic stateful stages such as rule matching and episode detection), able
+//! to wake itself at a later time for work it keeps (the window counts expire each counted
+//! record W after it entered, with no input at that time).
 
-use differential_dataflow::difference::Semigroup;
-use differential_dataflow::{AsCollection, VecCollection};
 use foldhash::HashMap;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::model::decision::{Policy, PolicyScope};
-use timely::dataflow::channels::pact::{ParallelizationContract, Pipeline};
+use timely::dataflow::channels::pact::ParallelizationContract;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::model::Time;
-
-/// Moves every update to `f(record, time)`, which must be at least `time`.
-///
-/// `f` may read the record, so each record can carry its own window or history. The operator
-/// keeps delayed updates itself, by new time, and releases them only once its input frontier has
-/// reached that time. Handing them on at once would park them in the downstream operator's
-/// queue (for an arrangement, its batcher, which merges and walks everything it holds each time
-/// it seals a batch). Kept here, they cost one map insert each and are consolidated as they
-/// accumulate (updates to the same record at the same new time add up), so memory follows the
-/// distinct records, not the events. The graph uses it for the windows' expiry
-/// (`WindowExpiry`).
-///
-/// It holds one capability, at the earliest kept time, and releases what is ready in one message
-/// under it; each update keeps its own time, never earlier than the message's.
-pub fn delay_by<'s, D, R, F>(
-    collection: VecCollection<'s, Time, D, R>,
-    name: &str,
-    f: F,
-) -> VecCollection<'s, Time, D, R>
-where
-    D: differential_dataflow::Data,
-    R: Semigroup + 'static,
-    F: Fn(&D, Time) -> Time + 'static,
-{
-    collection
-        .inner
-        .unary_frontier(Pipeline, name, move |_, _| {
-            // New time -> (updates, their count after the last consolidation).
-            let mut kept: BTreeMap<Time, (Vec<(D, R)>, usize)> = BTreeMap::new();
-            let mut held: Option<Capability<Time>> = None;
-            let mut ready: Vec<(D, Time, R)> = Vec::new();
-            move |(input, frontier), output| {
-                let index = output.output_index();
-                input.for_each_stamp(|cap, data| {
-                    let mut earliest: Option<Time> = None;
-                    for batch in data {
-                        for (d, t, r) in batch.drain(..) {
-                            let to = f(&d, t);
-                            debug_assert!(to >= t, "delay_by moves time backwards");
-                            let to = to.max(t);
-                            earliest = Some(earliest.map_or(to, |e| e.min(to)));
-                            let (updates, consolidated) = kept.entry(to).or_default();
-                            updates.push((d, r));
-                            // Amortised: consolidate when the list has doubled since the last time.
-                            if updates.len() >= 2 * (*consolidated).max(1024) {
-                                differential_dataflow::consolidation::consolidate(updates);
-                                *consolidated = updates.len();
-                            }
-                        }
-                    }
-                    hold_earliest(&mut held, &cap, earliest, index);
-                });
-                // Release every kept time the input frontier has reached: no input can arrive
-                // before it any more, and what arrives at it is released on a later call.
-                while let Some(entry) = kept.first_entry() {
-                    let time = *entry.key();
-                    if frontier.less_than(&time) {
-                        break;
-                    }
-                    let (mut updates, _) = entry.remove();
-                    differential_dataflow::consolidation::consolidate(&mut updates);
-                    ready.extend(updates.into_iter().map(|(d, r)| (d, time, r)));
-                }
-                if let Some(cap) = held.as_ref() {
-                    if !ready.is_empty() {
-                        output.session(cap).give_container(&mut ready);
-                        ready.clear();
-                    }
-                }
-                hold_at(&mut held, kept.keys().next());
-                debug_assert!(ready.is_empty(), "delay_by: output without a capability");
-            }
-        })
-        .as_collection()
-}
 
 /// Makes an operator's one held capability cover `earliest`, a time the operator now keeps
 /// (at or after `cap`'s time): held there if it was held later, or not at all.
@@ -122,6 +46,10 @@ pub struct AtTime<'a, D1, R1, D2, R2> {
     pub time: Time,
     pub left: &'a mut Vec<(D1, R1)>,
     pub right: &'a mut Vec<(D2, R2)>,
+    /// The earliest later time at which the logic asks to be called again, with or without
+    /// updates at it. It holds what the last call left; the logic moves it (to a time after
+    /// this one) or clears it as its own pending work changes.
+    pub wake: &'a mut Option<Time>,
 }
 
 /// One input's pending updates of [`ordered_binary`], in arrival order, sorted by time (stably,
@@ -178,12 +106,13 @@ impl<D, R> Pending<D, R> {
     }
 }
 
-/// A binary operator over two update streams that calls `logic` once per time that has data, in
-/// increasing time order, only after both input frontiers have passed that time. Its output for a
-/// time is therefore a deterministic function of the complete inputs up to that time, whatever the
-/// batching, the worker count or the arrival order of messages.
+/// A binary operator over two update streams that calls `logic` once per time that has data, or
+/// that an earlier call asked to be woken at ([`AtTime::wake`]), in increasing time order, only
+/// after both input frontiers have passed that time. Its output for a time is therefore a
+/// deterministic function of the complete inputs up to that time, whatever the batching, the
+/// worker count or the arrival order of messages.
 ///
-/// It holds one capability, at the earliest pending time, and sends everything made ready by one
+/// It holds one capability, at the earliest pending time (of updates or wakes), and sends everything made ready by one
 /// activation in one message under it: timely's cost then follows the batches, not the number of
 /// distinct seconds (updates carry their own times, which are never earlier than the message's).
 ///
@@ -215,6 +144,8 @@ where
         // One time's updates, handed to `logic`.
         let mut at_left: Vec<(D1, R1)> = Vec::new();
         let mut at_right: Vec<(D2, R2)> = Vec::new();
+        // The time the logic asked to be called at next, if any.
+        let mut wake: Option<Time> = None;
         // One capability, at or before the earliest pending time (times are totally ordered).
         let mut held: Option<Capability<Time>> = None;
         let mut produced: Vec<O> = Vec::new();
@@ -243,16 +174,23 @@ where
             let complete = |t: &Time| !frontier_left.less_equal(t) && !frontier_right.less_equal(t);
             let ready_left = pending_left.ready(complete);
             let ready_right = pending_right.ready(complete);
-            if ready_left + ready_right > 0 {
+            if ready_left + ready_right > 0 || wake.is_some_and(|w| complete(&w)) {
                 produced.reserve(last_produced);
                 let mut lefts = pending_left.updates.drain(..ready_left).peekable();
                 let mut rights = pending_right.updates.drain(..ready_right).peekable();
                 loop {
                     let time = match (lefts.peek(), rights.peek()) {
+                        (None, None) => None,
+                        (Some((_, l, _)), None) => Some(*l),
+                        (None, Some((_, r, _))) => Some(*r),
+                        (Some((_, l, _)), Some((_, r, _))) => Some((*l).min(*r)),
+                    };
+                    // The wake, when complete and earlier (a call may ask for a time that is
+                    // already complete: it comes in its turn).
+                    let time = match (time, wake.filter(complete)) {
+                        (Some(t), Some(w)) => t.min(w),
+                        (Some(t), None) | (None, Some(t)) => t,
                         (None, None) => break,
-                        (Some((_, l, _)), None) => *l,
-                        (None, Some((_, r, _))) => *r,
-                        (Some((_, l, _)), Some((_, r, _))) => (*l).min(*r),
                     };
                     while let Some((d, _, r)) = lefts.next_if(|(_, t, _)| *t == time) {
                         at_left.push((d, r));
@@ -264,10 +202,15 @@ where
                         time,
                         left: &mut at_left,
                         right: &mut at_right,
+                        wake: &mut wake,
                     };
                     logic(at, &mut produced);
                     at_left.clear();
                     at_right.clear();
+                    debug_assert!(
+                        wake.is_none_or(|w| w > time),
+                        "ordered_binary: a wake at or before its call"
+                    );
                 }
             }
             // Everything ready leaves in one message under the held capability (its time is
@@ -279,11 +222,10 @@ where
                     produced.clear();
                 }
             }
-            let next = match (pending_left.first_time(), pending_right.first_time()) {
-                (Some(l), Some(r)) => Some(l.min(r)),
-                (Some(t), None) | (None, Some(t)) => Some(t),
-                (None, None) => None,
-            };
+            let next = [pending_left.first_time(), pending_right.first_time(), wake]
+                .into_iter()
+                .flatten()
+                .min();
             hold_at(&mut held, next.as_ref());
             // Every message in this graph carries a capability, so nothing is ever ready
             // without one to send it under.
@@ -373,41 +315,65 @@ impl PolicyView {
 
 #[cfg(test)]
 mod tests {
-    use super::{delay_by, Pending, Time};
+    use super::{ordered_binary, Pending, Time};
     use differential_dataflow::input::Input;
     use std::cell::{Cell, RefCell};
     use std::collections::BTreeMap;
     use std::rc::Rc;
+    use timely::dataflow::channels::pact::Pipeline;
     use timely::dataflow::operators::{Inspect, Probe};
 
-    /// Every update leaves at its own new time with its diff (same record and new time added
-    /// up), and none leaves before the input has reached its new time (nothing waits
-    /// downstream for a future time).
+    /// A record and its delay.
+    type Delayed = (u64, u64);
+
+    /// A delay made of an ordered operator that keeps each update for its new time and asks to
+    /// be woken at the earliest: every update leaves at its own new time with its diff (same
+    /// record and new time added up), none before both inputs have passed that time, and times
+    /// with nothing but a wake (past the input's last time) are called too.
     #[test]
-    fn delayed_updates_keep_their_times_and_wait_for_the_input() {
+    fn woken_times_release_kept_updates_once_both_inputs_passed_them() {
         timely::execute_directly(|worker| {
             let seen: Rc<RefCell<BTreeMap<(u64, u64), isize>>> = Rc::default();
-            let input_at = Rc::new(Cell::new(0u64));
+            let passed = Rc::new(Cell::new(0u64));
             let early = Rc::new(Cell::new(0usize));
-            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (mut input, mut other, probe) = worker.dataflow::<u64, _, _>(|scope| {
                 let (input, records) = scope.new_collection::<(u64, u64), isize>();
-                let (seen, input_at, early) = (seen.clone(), input_at.clone(), early.clone());
-                let probe = delay_by(records, "TestDelay", |(_, delay), t| t + delay)
-                    .inner
-                    .inspect(move |((record, _), time, diff)| {
-                        if *time > input_at.get() {
-                            early.set(early.get() + 1);
+                let (other, nothing) = scope.new_collection::<(), isize>();
+                let (seen, passed, early) = (seen.clone(), passed.clone(), early.clone());
+                // New time -> the updates kept for it.
+                let mut later: BTreeMap<Time, Vec<(Delayed, isize)>> = BTreeMap::new();
+                let probe = ordered_binary(
+                    records.inner,
+                    nothing.inner,
+                    Pipeline,
+                    Pipeline,
+                    "TestDelay",
+                    move |at, out: &mut Vec<((u64, u64), Time, isize)>| {
+                        assert!(at.wake.is_none_or(|w| w >= at.time), "a wake skipped");
+                        for (update, diff) in at.left.drain(..) {
+                            let to = at.time + update.1;
+                            later.entry(to).or_default().push((update, diff));
                         }
-                        *seen.borrow_mut().entry((*record, *time)).or_default() += *diff;
-                    })
-                    .probe()
-                    .0;
-                (input, probe)
+                        let due = later.remove(&at.time).unwrap_or_default();
+                        out.extend(due.into_iter().map(|(u, d)| (u, at.time, d)));
+                        *at.wake = later.keys().next().copied();
+                    },
+                )
+                .inspect(move |((record, _), time, diff)| {
+                    if *time >= passed.get() {
+                        early.set(early.get() + 1);
+                    }
+                    *seen.borrow_mut().entry((*record, *time)).or_default() += *diff;
+                })
+                .probe()
+                .0;
+                (input, other, probe)
             });
             let mut expected: BTreeMap<(u64, u64), isize> = BTreeMap::new();
             for t in 0..200u64 {
                 input.advance_to(t);
-                input_at.set(t);
+                other.advance_to(t);
+                passed.set(t);
                 // Records with delays 0, 7 and 50; every third time, a retraction that cancels
                 // the delay-7 record.
                 for (record, delay, diff) in [(t % 5, 0, 1), (t % 3, 7, 2), (t % 4, 50, 1)] {
@@ -419,28 +385,35 @@ mod tests {
                     *expected.entry((t % 3, t + 7)).or_default() -= 2;
                 }
                 // Many updates to few records that all move to the end of their 64-second
-                // bucket: over 2,048 per new time, so the kept list is
-                // consolidated as it grows, with insertions and retractions interleaved.
+                // bucket, insertions and retractions interleaved.
                 for i in 0..60u64 {
                     let record = 100 + (t + i) % 7;
                     let diff = if i % 3 == 2 { -1 } else { 1 };
                     input.update((record, 64 * (t / 64 + 1) - t), diff);
                     *expected.entry((record, 64 * (t / 64 + 1))).or_default() += diff;
                 }
+                // The other input, still at t - 1, holds time t - 1 back until it moves on too.
                 input.flush();
+                for _ in 0..5 {
+                    worker.step();
+                }
+                assert!(seen.borrow().keys().all(|(_, time)| time + 1 < t));
+                other.flush();
                 worker.step_while(|| probe.less_than(input.time()));
             }
             input.close();
-            input_at.set(u64::MAX);
+            other.close();
+            passed.set(u64::MAX);
             while worker.step() {}
             expected.retain(|_, d| *d != 0);
             let mut seen = seen.borrow().clone();
             seen.retain(|_, d| *d != 0);
+            assert!(seen.keys().any(|(_, time)| *time >= 200), "wake-only times");
             assert_eq!(seen, expected);
             assert_eq!(
                 early.get(),
                 0,
-                "updates released before the input reached them"
+                "updates released before the inputs passed them"
             );
         });
     }

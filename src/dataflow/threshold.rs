@@ -9,7 +9,7 @@ use differential_dataflow::{AsCollection, Hashable, VecCollection};
 use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 use std::collections::hash_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
@@ -17,7 +17,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use super::decide::UserInput;
-use super::ops::{delay_by, hold_at, hold_earliest, ordered_binary, Contents};
+use super::ops::{hold_at, hold_earliest, ordered_binary, Contents};
 use crate::model::{
     explain_threshold, Anomaly, ArcStr, Baseline, EventId, Evidence, Rule, ShapeId, Time,
 };
@@ -91,11 +91,9 @@ pub fn detect_with_state<'s>(
 
     // Live counts c(k, t): each counted event is present for [t, t + W). Counted, and kept only
     // where some rule of the key's shape could find them over its threshold (no threshold is
-    // below min(floor, default)), in one operator: see [`window_counts`].
-    let entering = matched.clone().map(|(key, c)| (key, c.window));
-    let leaving = delay_by(entering.clone().negate(), "WindowExpiry", |(_, w), t| t + w);
+    // below min(floor, default)), in one operator that also expires them: see [`window_counts`].
     let (counts, high) = window_counts(
-        entering.concat(leaving).map(|(key, _)| key),
+        matched.clone().map(|(key, c)| (key, c.window)),
         rules,
         with_counts,
     );
@@ -208,14 +206,21 @@ enum WindowOut {
 /// change (four updates per counted event) only to drop all but a few at the filter: a quarter of
 /// a replay's engine time. Here a map holds each key's count while it is not zero.
 ///
-/// The counts are exact per time: a time's updates are applied together, once both inputs have
-/// passed it, in time order (see [`ordered_binary`]). When the rules change at a time, every key's
+/// Each counted record (key, W) at t enters the count at t and leaves it at t + W. The operator
+/// keeps the leaving updates itself, one queue per window length (times are processed in order,
+/// so each queue is in time order too), a time's records consolidated first so that a queue
+/// holds one entry per key and second, and asks to be woken at the earliest. A delay operator
+/// before it did this before, and every counted record crossed the exchange twice, once
+/// entering and once leaving.
+///
+/// The counts are exact per time: a time's updates (those entering and those leaving) are
+/// applied together, once both inputs have passed it, in time order (see [`ordered_binary`]). When the rules change at a time, every key's
 /// high records under the old rules are retracted and those under the new rules inserted; a time's
 /// output is consolidated, so what did not change cancels. Rules are a set (`replace` keeps each
 /// once), so each rule joins with multiplicity one, as the join did.
 #[allow(clippy::type_complexity)]
 fn window_counts<'s>(
-    updates: VecCollection<'s, Time, CKey, isize>,
+    entering: VecCollection<'s, Time, (CKey, u64), isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
     with_counts: bool,
 ) -> (
@@ -256,10 +261,13 @@ fn window_counts<'s>(
     let mut rules_now = ByShape::new();
     let mut counts: HashMap<CKey, isize> = HashMap::new();
     let mut highs: Vec<(HighCount, isize)> = Vec::new();
+    // Per window length, the leaving updates in time order: (time, key, diff).
+    let mut leaving: Vec<(u64, VecDeque<(Time, CKey, isize)>)> = Vec::new();
+    let mut deltas: Vec<(CKey, isize)> = Vec::new();
     let out = ordered_binary(
-        updates.inner,
+        entering.inner,
         rules.inner.broadcast(),
-        Exchange::new(|(key, _, _): &(CKey, Time, isize)| key.hashed()),
+        Exchange::new(|((key, _), _, _): &((CKey, u64), Time, isize)| key.hashed()),
         Pipeline,
         "WindowCounts",
         move |at, out| {
@@ -273,8 +281,33 @@ fn window_counts<'s>(
                 }
                 rules_now = new;
             }
-            let deltas = at.left;
-            differential_dataflow::consolidation::consolidate(deltas);
+            differential_dataflow::consolidation::consolidate(at.left);
+            for ((key, window), diff) in at.left.drain(..) {
+                // A record with no window is present at no time: it enters and leaves at once.
+                if window == 0 {
+                    continue;
+                }
+                let queue = match leaving.iter().position(|(w, _)| *w == window) {
+                    Some(i) => &mut leaving[i].1,
+                    None => {
+                        leaving.push((window, VecDeque::new()));
+                        &mut leaving.last_mut().expect("pushed").1
+                    }
+                };
+                queue.push_back((time + window, key.clone(), -diff));
+                deltas.push((key, diff));
+            }
+            for (_, queue) in &mut leaving {
+                while let Some((_, key, diff)) = queue.pop_front_if(|(t, _, _)| *t == time) {
+                    deltas.push((key, diff));
+                }
+            }
+            *at.wake = leaving
+                .iter()
+                .filter_map(|(_, q)| q.front())
+                .map(|f| f.0)
+                .min();
+            differential_dataflow::consolidation::consolidate(&mut deltas);
             for (key, delta) in deltas.drain(..) {
                 let old = counts.get(&key).copied().unwrap_or(0);
                 let new = old + delta;
