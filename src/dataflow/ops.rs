@@ -112,9 +112,10 @@ impl<D, R> Pending<D, R> {
 /// deterministic function of the complete inputs up to that time, whatever the batching, the
 /// worker count or the arrival order of messages.
 ///
-/// It holds one capability, at the earliest pending time (of updates or wakes), and sends everything made ready by one
-/// activation in one message under it: timely's cost then follows the batches, not the number of
-/// distinct seconds (updates carry their own times, which are never earlier than the message's).
+/// It holds one capability, at the earliest pending time (of updates or the wake), and sends
+/// everything made ready by one activation in one message under it: timely's cost then follows
+/// the batches, not the number of distinct seconds (updates carry their own times, which are
+/// never earlier than the message's).
 ///
 /// Pending updates wait in one flat queue per input ([`Pending`]), in arrival order, sorted by
 /// time (stably) when they are released; nearly every event has a second of its own, and a map

@@ -209,14 +209,15 @@ enum WindowOut {
 /// Each counted record (key, W) at t enters the count at t and leaves it at t + W. The operator
 /// keeps the leaving updates itself, one queue per window length (times are processed in order,
 /// so each queue is in time order too), a time's records consolidated first so that a queue
-/// holds one entry per key and second, and asks to be woken at the earliest. A delay operator
-/// before it did this before, and every counted record crossed the exchange twice, once
-/// entering and once leaving.
+/// holds one entry per key and second, and asks to be woken at the earliest. That was a delay
+/// operator's job in front of this one, and every counted record crossed the exchange twice,
+/// once entering and once leaving.
 ///
 /// The counts are exact per time: a time's updates (those entering and those leaving) are
-/// applied together, once both inputs have passed it, in time order (see [`ordered_binary`]). When the rules change at a time, every key's
-/// high records under the old rules are retracted and those under the new rules inserted; a time's
-/// output is consolidated, so what did not change cancels. Rules are a set (`replace` keeps each
+/// applied together, once both inputs have passed it, in time order (see [`ordered_binary`]).
+/// When the rules change at a time, every key's high records under the old rules are retracted
+/// and those under the new rules inserted; a time's output is consolidated, so what did not
+/// change cancels. Rules are a set (`replace` keeps each
 /// once), so each rule joins with multiplicity one, as the join did.
 #[allow(clippy::type_complexity)]
 fn window_counts<'s>(
