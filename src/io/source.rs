@@ -116,6 +116,11 @@ struct DecodedBlock {
 /// multi-megabyte buffer per block would be new memory from the OS each time, which the kernel
 /// zeroes page by page as it is first written (about 4% of a replay's CPU with mimalloc v3,
 /// measured before buffers were reused).
+///
+/// This thread does not count the lines it reads: the decoders split the lines anyway, and the
+/// count here (a pass over every byte, on a third thread sharing the two cores with the
+/// decoders) was 1.7% of a replay's CPU. A read error's line number is found when it happens:
+/// the lines of the blocks already sent (collected first) plus those of the block being filled.
 fn read_blocks(
     reader: impl Read,
     name: &str,
@@ -129,7 +134,7 @@ fn read_blocks(
     let mut reader = reader;
     std::thread::scope(|scope| {
         // Blocks to decode, numbered in input order; whichever decoder is free takes the next.
-        let (to_decoders, work) = sync_channel::<(usize, Vec<u8>, usize)>(threads);
+        let (to_decoders, work) = sync_channel::<(usize, Vec<u8>)>(threads);
         let work = Arc::new(Mutex::new(work));
         // Decoded blocks with their numbers, in the order they finish; `None` if a decoder
         // panicked (so that the collector stops instead of waiting for that block forever).
@@ -138,21 +143,33 @@ fn read_blocks(
         let (recycle_tx, recycle_rx) = channel::<Vec<u8>>();
         for _ in 0..threads {
             let (work, done_tx, recycle_tx) = (work.clone(), done_tx.clone(), recycle_tx.clone());
-            scope.spawn(move || loop {
-                // The lock is held only while waiting for the next block.
-                let next = work
-                    .lock()
-                    .map_err(|_| ())
-                    .and_then(|w| w.recv().map_err(|_| ()));
-                let Ok((number, block, lines)) = next else {
-                    break;
-                };
-                let decoded = std::panic::catch_unwind(|| decode_block(&block, lines, name)).ok();
-                let failed = decoded.is_none();
-                // The reader may have finished and gone: then the buffer is simply freed.
-                let _ = recycle_tx.send(block);
-                if done_tx.send((number, decoded)).is_err() || failed {
-                    break;
+            scope.spawn(move || {
+                // The mean bytes per line of this thread's last block, to make room for the
+                // next block's events (a first guess below the shortest real audit entries).
+                let mut bytes_per_line = 256;
+                loop {
+                    // The lock is held only while waiting for the next block.
+                    let next = work
+                        .lock()
+                        .map_err(|_| ())
+                        .and_then(|w| w.recv().map_err(|_| ()));
+                    let Ok((number, block)) = next else {
+                        break;
+                    };
+                    let room = room_for(block.len(), bytes_per_line);
+                    let decoded =
+                        std::panic::catch_unwind(|| decode_block(&block, room, name)).ok();
+                    if let Some(d) = &decoded {
+                        if d.physical_lines > 0 {
+                            bytes_per_line = block.len() / d.physical_lines as usize;
+                        }
+                    }
+                    let failed = decoded.is_none();
+                    // The reader may have finished and gone: then the buffer is simply freed.
+                    let _ = recycle_tx.send(block);
+                    if done_tx.send((number, decoded)).is_err() || failed {
+                        break;
+                    }
                 }
             });
         }
@@ -160,10 +177,9 @@ fn read_blocks(
         // Blocks decoded ahead of the next one in order.
         let mut ahead: std::collections::BTreeMap<usize, DecodedBlock> = Default::default();
         let (mut sent, mut collected) = (0usize, 0usize);
-        // Lines read so far (for read errors), and lines before the next block collected.
-        let mut line = 0u64;
+        // Lines before the next block collected.
         let mut collected_lines = 0u64;
-        let mut collect = |collected: &mut usize, out: &mut Decoded| {
+        let mut collect = |collected: &mut usize, collected_lines: &mut u64, out: &mut Decoded| {
             let block = loop {
                 if let Some(block) = ahead.remove(collected) {
                     break block;
@@ -179,9 +195,9 @@ fn read_blocks(
                 physical_lines,
             } = block;
             for reject in &mut rejects {
-                reject.line += collected_lines;
+                reject.line += *collected_lines;
             }
-            collected_lines += physical_lines;
+            *collected_lines += physical_lines;
             if !events.is_empty() {
                 out.blocks.push(events);
             }
@@ -200,14 +216,22 @@ fn read_blocks(
                 let want = block_size
                     .saturating_sub(block.len())
                     .max(block_size.min(1 << 16));
-                let n = (&mut reader)
-                    .take(want as u64)
-                    .read_to_end(&mut block)
-                    .map_err(|source| SourceError::Read {
-                        path: name.to_string(),
-                        line: line + 1,
-                        source,
-                    })?;
+                let n = match (&mut reader).take(want as u64).read_to_end(&mut block) {
+                    Ok(n) => n,
+                    Err(source) => {
+                        // Every block sent ends with a whole line: once all are decoded, their
+                        // lines and this block's whole lines come before the one that failed.
+                        while collected < sent {
+                            collect(&mut collected, &mut collected_lines, out);
+                        }
+                        let here = memchr::memchr_iter(b'\n', &block).count() as u64;
+                        return Err(SourceError::Read {
+                            path: name.to_string(),
+                            line: collected_lines + here + 1,
+                            source,
+                        });
+                    }
+                };
                 if n == 0 {
                     eof = true;
                     break;
@@ -215,7 +239,7 @@ fn read_blocks(
                 if block.len() < block_size {
                     continue;
                 }
-                if let Some(end) = block.iter().rposition(|b| *b == b'\n') {
+                if let Some(end) = memchr::memrchr(b'\n', &block) {
                     carry = block.split_off(end + 1);
                     break;
                 }
@@ -224,19 +248,17 @@ fn read_blocks(
             if block.is_empty() {
                 break;
             }
-            let lines = memchr::memchr_iter(b'\n', &block).count();
-            line += lines as u64;
             to_decoders
-                .send((sent, block, lines))
+                .send((sent, block))
                 .expect("a decoder thread panicked");
             sent += 1;
             if sent - collected >= 2 * threads {
-                collect(&mut collected, out);
+                collect(&mut collected, &mut collected_lines, out);
             }
         }
         drop(to_decoders);
         while collected < sent {
-            collect(&mut collected, out);
+            collect(&mut collected, &mut collected_lines, out);
         }
         Ok(())
     })
@@ -246,10 +268,17 @@ fn read_blocks(
 /// tiny lines cannot make [`decode_block`] reserve more than the block's own size over again.
 const MIN_ENTRY_BYTES: usize = 64;
 
-/// Decodes a block of whole lines (`lines` newlines: room is made for one event per line, up to
-/// one per [`MIN_ENTRY_BYTES`]); reject line numbers count from 1 within the block.
-fn decode_block(block: &[u8], lines: usize, name: &str) -> DecodedBlock {
-    let room = (lines + 1).min(block.len() / MIN_ENTRY_BYTES + 1);
+/// Room for the events of a block of `len` bytes whose lines are likely `bytes_per_line` long
+/// on average (as the decoder's last block's were): that many lines and a sixteenth more, never
+/// more than one per [`MIN_ENTRY_BYTES`]. A block with more events grows its list as usual.
+fn room_for(len: usize, bytes_per_line: usize) -> usize {
+    let lines = len / bytes_per_line.max(1);
+    (lines + lines / 16 + 16).min(len / MIN_ENTRY_BYTES + 1)
+}
+
+/// Decodes a block of whole lines, with room made for `room` events; reject line numbers count
+/// from 1 within the block.
+fn decode_block(block: &[u8], room: usize, name: &str) -> DecodedBlock {
     let mut out = DecodedBlock {
         events: Vec::with_capacity(room),
         rejects: Vec::new(),
@@ -349,7 +378,7 @@ mod tests {
         let good = "{\"id\":\"e1\",\"date_create\":1000,\"action\":\"user_login\",\"actor\":{\"user\":{\"id\":\"Ü\"}},\"context\":{\"location\":{\"id\":\"E€\"}}}\n";
         let mut block = good.as_bytes().to_vec();
         block.extend_from_slice(b"{\"id\":\"\xc3\x28\"}\n{\"id\":\"\xe2\x82");
-        let out = decode_block(&block, 2, "t");
+        let out = decode_block(&block, room_for(block.len(), 256), "t");
         assert_eq!(out.events.len(), 1);
         assert_eq!(&*out.events[0].user, "Ü");
         assert_eq!(&*out.events[0].enterprise, "E€");
@@ -429,5 +458,63 @@ mod tests {
             assert_eq!(got.lines, expected.lines + 1, "block size {block_size}");
         }
         assert!(expected.events.len() > 400);
+    }
+
+    /// Gives `data` a few bytes at a time, then fails.
+    struct FailsAtEnd {
+        data: Vec<u8>,
+        at: usize,
+    }
+
+    impl Read for FailsAtEnd {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at == self.data.len() {
+                return Err(std::io::Error::other("device gone"));
+            }
+            let n = buf.len().min(97).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    /// A read error names the line it happened in: the line after the last whole line read,
+    /// whether the lines before it were sent to the decoders in earlier blocks or not yet.
+    #[test]
+    fn a_read_error_names_the_line_it_happened_in() {
+        let line = "{\"id\":\"e\",\"date_create\":1000,\"action\":\"a\"}\n";
+        let bar = indicatif::ProgressBar::hidden();
+        for (whole, partial) in [(0, ""), (3, ""), (40, "{\"id\":"), (41, "\n")] {
+            let mut data = line.repeat(whole).into_bytes();
+            data.extend_from_slice(partial.as_bytes());
+            // Blank lines are lines too.
+            let newlines = data.iter().filter(|b| **b == b'\n').count() as u64;
+            for block_size in [1, 100, 1 << 20] {
+                let reader = FailsAtEnd {
+                    data: data.clone(),
+                    at: 0,
+                };
+                let err = read_blocks(reader, "in", &bar, &mut Decoded::default(), block_size)
+                    .expect_err("the reader fails");
+                match err {
+                    SourceError::Read { path, line, source } => {
+                        assert_eq!(path, "in");
+                        assert_eq!(line, newlines + 1, "{whole} lines, block size {block_size}");
+                        assert_eq!(source.to_string(), "device gone");
+                    }
+                    other => panic!("unexpected error {other}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn room_follows_the_last_blocks_line_length_within_bounds() {
+        // 4 MiB of 512-byte lines: 8,192 lines, and a sixteenth more.
+        assert_eq!(room_for(4 << 20, 512), 8_192 + 512 + 16);
+        // Never more than one event per MIN_ENTRY_BYTES, however short the lines were.
+        assert_eq!(room_for(4 << 20, 1), (4 << 20) / MIN_ENTRY_BYTES + 1);
+        assert_eq!(room_for(4 << 20, 0), (4 << 20) / MIN_ENTRY_BYTES + 1);
+        assert_eq!(room_for(0, 512), 1);
     }
 }
