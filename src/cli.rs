@@ -210,6 +210,10 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    tracing::debug!(
+        purge_delay_ms = crate::allocator::purge_delay_ms(),
+        "allocator: mimalloc's purge delay"
+    );
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay {

@@ -4,8 +4,9 @@
 //! anomalies incrementally; [`reference`](mod@reference) is the plain batch implementation the
 //! dataflow is tested against; [`replay`] runs the pipeline over files; [`generate`] makes
 //! synthetic workloads with labelled attacks; [`bench`](mod@bench) measures throughput, memory
-//! and live latency.
+//! and live latency; [`allocator`] holds the allocator's settings.
 
+pub mod allocator;
 pub mod api;
 pub mod bench;
 pub mod cli;
