@@ -4,7 +4,8 @@
 //! replay frees its decoded input while the engine allocates its state, and with so short a
 //! delay the engine took those pages back from the kernel, zeroed, instead of reusing them
 //! (README, "The allocator round"). The delay is set only when the environment does not set
-//! it: `MIMALLOC_PURGE_DELAY` still has the last word, as mimalloc documents.
+//! it: `MIMALLOC_PURGE_DELAY` keeps the last word (left to itself, `mi_option_set` would
+//! override it).
 
 use libmimalloc_sys as mi;
 
