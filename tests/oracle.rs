@@ -114,6 +114,20 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Workers that feed a few events at a time, with batches in flight ahead of the dataflow
+    /// (`BATCHES_IN_FLIGHT`), as a large replay's workers do with 8,192 at a time.
+    #[test]
+    fn dataflow_equals_reference_in_small_batches(
+        input in common::engine_input(40),
+        batch in 1usize..6,
+    ) {
+        check(EngineInput { worker_batch: Some(batch), ..input }, &[1, 2, 4])?;
+    }
+}
+
+proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
     #[test]

@@ -29,7 +29,7 @@ pub use cluster::{Cluster, ClusterError, Placement};
 
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
 use crate::model::{Anomaly, EventChunks, HeuristicParams, Rule, SharedEvent, Time};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Errors running the dataflow.
@@ -61,6 +61,10 @@ pub struct EngineInput {
     pub end: Time,
     /// Record each worker's operator times ([`profile`]); off by default (it costs time).
     pub operator_times: bool,
+    /// Events a worker feeds between checks on the dataflow's progress; `None` is
+    /// [`WORKER_BATCH`]. Tests make it small, so that small inputs run the way large ones do
+    /// (many batches, [`BATCHES_IN_FLIGHT`] of them ahead of the dataflow).
+    pub worker_batch: Option<usize>,
 }
 
 /// What the engines produce, each sorted.
@@ -87,6 +91,7 @@ impl EngineInput {
             session_expiry: DEFAULT_SESSION_EXPIRY,
             end,
             operator_times: false,
+            worker_batch: None,
         }
     }
 
@@ -238,7 +243,16 @@ pub(crate) fn build(
 }
 
 /// Events one worker feeds between two checks on the dataflow's progress.
-const WORKER_BATCH: usize = 8_192;
+pub const WORKER_BATCH: usize = 8_192;
+
+/// How many batches a worker feeds ahead of the dataflow: after each batch it steps the
+/// dataflow until the time of the batch this many before has passed, instead of its own. The
+/// dataflow then always has a batch to work on while the slower worker catches up, and the
+/// faster one spins less. With two, the 1M-event replay's engine took 5% less time (0.60 →
+/// 0.57 s, medians of 12 interleaved rounds, faster in 10; four gave the same as two with
+/// 7 MiB more peak RSS; README, "The batches-in-flight round"). Results do not depend on it:
+/// every output is final only once the probe has passed the end.
+pub const BATCHES_IN_FLIGHT: usize = 2;
 
 type Share = Mutex<Option<EventChunks>>;
 
@@ -408,6 +422,9 @@ pub fn run_placed(
         let mut policies_now: Vec<(PolicyScope, Policy)> = Vec::new();
         let mut tor_now: Vec<String> = Vec::new();
         let mut now: Time = 0;
+        let batch = input.worker_batch.unwrap_or(WORKER_BATCH).max(1);
+        // The time each batch in flight was fed up to, oldest first.
+        let mut in_flight: VecDeque<Time> = VecDeque::with_capacity(BATCHES_IN_FLIGHT + 1);
         if let Some(recorder) = recorder.as_mut() {
             recorder.start_clock();
         }
@@ -442,9 +459,15 @@ pub fn run_placed(
             }
             inputs.events.insert(SharedEvent::new(event));
             fed += 1;
-            if fed.is_multiple_of(WORKER_BATCH) {
+            if fed.is_multiple_of(batch) {
                 inputs.flush();
-                worker.step_while(|| probe.less_than(&now));
+                in_flight.push_back(now);
+                if in_flight.len() > BATCHES_IN_FLIGHT {
+                    let behind = in_flight.pop_front().expect("a batch in flight");
+                    worker.step_while(|| probe.less_than(&behind));
+                } else {
+                    worker.step();
+                }
                 if index == 0 {
                     worker_bar.set_position((fed * peers) as u64);
                 }
