@@ -250,7 +250,7 @@ pub const WORKER_BATCH: usize = 8_192;
 /// dataflow then always has a batch to work on while the slower worker catches up, and the
 /// faster one spins less. With two, the 1M-event replay's engine took 5% less time (0.60 →
 /// 0.57 s, medians of 12 interleaved rounds, faster in 10; four gave the same as two with
-/// 7 MiB more peak RSS; README, "The batches-in-flight round"). Results do not depend on it:
+/// 7–10 MiB more peak RSS; README, "The batches-in-flight round"). Results do not depend on it:
 /// every output is final only once the probe has passed the end.
 pub const BATCHES_IN_FLIGHT: usize = 2;
 
