@@ -189,7 +189,6 @@ fn operator_times_name_every_worker_and_operator_and_change_no_result() {
     assert_eq!(workers, vec![0, 1]);
     for w in &timed.operator_times {
         for name in [
-            "Screen",
             "MatchRules",
             "WindowCounts",
             "BucketCounts",

@@ -1,9 +1,9 @@
 //! The per-user stage: the heuristic detectors (DESIGN 4.2, [`super::heuristics`]) and the
 //! decision framework (DESIGN 5) as one deterministic operator keyed by (enterprise, user).
-//! Screened events and the threshold detectors' anomalies are routed by that key; the policy
-//! collection and the Tor exit list are broadcast. Each second is processed once both inputs
-//! have passed it: policy and Tor list changes first, then the second's events in id order (each
-//! records its session's sighting; those no allow-list trusts go through the detectors), then
+//! Events and the threshold detectors' anomalies are routed by that key; the policy collection
+//! and the Tor exit list are broadcast. Each second is processed once both inputs have passed
+//! it: policy and Tor list changes first, then the second's events in id order (each records its
+//! session's sighting; those no allow-list in force trusts go through the detectors), then
 //! the second's anomalies (the threshold detectors' and the heuristics' own) in id order, each
 //! folded into its user's decisions. So a decision made for a time is never revised and a
 //! policy change at t applies from t on. One stage, not two: a second stage keyed by user would
@@ -28,9 +28,9 @@ use crate::model::{Anomaly, HeuristicParams, SharedEvent, Time};
 /// What the per-user stage reads, routed by (enterprise, user).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum UserInput {
-    /// An event, and whether an allow-list in force at its time trusts its network (the
-    /// screen's verdict, [`super::screen`]).
-    Event(SharedEvent, bool),
+    /// An event (whether an allow-list trusts its network is asked in the stage, with the
+    /// policies in force at its time).
+    Event(SharedEvent),
     /// A threshold detector's anomaly.
     Anomaly(Box<Anomaly>),
 }
@@ -38,7 +38,7 @@ pub enum UserInput {
 impl UserInput {
     fn route(&self) -> u64 {
         match self {
-            UserInput::Event(e, _) => (&e.enterprise, &e.user).hashed(),
+            UserInput::Event(e) => (&e.enterprise, &e.user).hashed(),
             UserInput::Anomaly(a) => (&a.enterprise, &a.user).hashed(),
         }
     }
@@ -62,10 +62,10 @@ pub enum UserOutput {
 /// The decisions, each at its anomaly's time.
 pub type Decisions<'s> = Stream<'s, Time, Vec<(Decision, Time, isize)>>;
 
-/// Builds the per-user stage over the screened events and the threshold anomalies; returns the
-/// heuristic anomalies and the decisions, each at its anomaly's time.
+/// Builds the per-user stage over the events and the threshold anomalies; returns the heuristic
+/// anomalies and the decisions, each at its anomaly's time.
 pub fn decide<'s>(
-    screened: VecCollection<'s, Time, UserInput, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     threshold: VecCollection<'s, Time, Anomaly, isize>,
     policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
     tor: VecCollection<'s, Time, String, isize>,
@@ -73,7 +73,9 @@ pub fn decide<'s>(
     session_expiry: u64,
     state_size: Arc<AtomicUsize>,
 ) -> (VecCollection<'s, Time, Anomaly, isize>, Decisions<'s>) {
-    let inputs = screened.concat(threshold.map(|a| UserInput::Anomaly(Box::new(a))));
+    let inputs = events
+        .map(UserInput::Event)
+        .concat(threshold.map(|a| UserInput::Anomaly(Box::new(a))));
     let settings = policies
         .map(|(scope, policy)| Setting::Policy(scope, policy))
         .concat(tor.map(Setting::Tor));
@@ -85,7 +87,7 @@ pub fn decide<'s>(
     let mut fold_expiry_at: BTreeMap<Time, Vec<(String, String)>> = BTreeMap::new();
     // One second's events, in id order, and its anomalies (both reused from one second to the
     // next).
-    let mut events: Vec<(SharedEvent, bool)> = Vec::new();
+    let mut events: Vec<SharedEvent> = Vec::new();
     let mut anomalies: Vec<Anomaly> = Vec::new();
 
     let produced = ordered_binary(
@@ -111,12 +113,13 @@ pub fn decide<'s>(
                     continue;
                 }
                 match input {
-                    UserInput::Event(event, trusted) => events.push((event, trusted)),
+                    UserInput::Event(event) => events.push(event),
                     UserInput::Anomaly(a) => anomalies.push(*a),
                 }
             }
-            events.sort_by(|(a, _), (b, _)| a.id.cmp(&b.id));
-            for (event, trusted) in events.drain(..) {
+            events.sort_by(|a, b| a.id.cmp(&b.id));
+            for event in events.drain(..) {
+                let trusted = policies_now.trusts(&event);
                 detector.event(&event, now, trusted, |a| {
                     anomalies.push(a.clone());
                     out.push((UserOutput::Anomaly(Box::new(a)), now, 1));

@@ -16,7 +16,6 @@ pub mod heuristics;
 pub mod live;
 pub mod ops;
 pub mod profile;
-pub mod screen;
 pub mod threshold;
 
 use differential_dataflow::input::{Input, InputSession};
@@ -178,11 +177,14 @@ pub(crate) fn build(
         let (rules_in, rules) = scope.new_collection();
         let (policies_in, policies) = scope.new_collection();
         let (tor_in, tor) = scope.new_collection();
-        let screened = screen::screen(events, policies.clone());
-        let (threshold, state) =
-            threshold::detect_with_state(screened.clone(), rules, on_state.is_some());
+        let (threshold, state) = threshold::detect_with_state(
+            events.clone(),
+            rules,
+            policies.clone(),
+            on_state.is_some(),
+        );
         let (heuristic, decisions) = decide::decide(
-            screened,
+            events,
             threshold.clone(),
             policies,
             tor,

@@ -13,7 +13,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use crate::model::Time;
+use crate::model::{Event, Time};
 
 /// Makes an operator's one held capability cover `earliest`, a time the operator now keeps
 /// (at or after `cap`'s time): held there if it was held later, or not at all.
@@ -311,6 +311,16 @@ impl PolicyView {
     /// The enterprise's own policy, else the default; none before any policy is in force.
     pub fn for_enterprise(&self, enterprise: &str) -> Option<&Policy> {
         self.by_enterprise.get(enterprise).or(self.default.as_ref())
+    }
+
+    /// Whether an allow-list in force trusts the event's network (DESIGN 4.3): such an event
+    /// enters no count and reaches no detector; it only records its session's sighting. Asked
+    /// where the verdict is used (`MatchRules` and `UserStage`), each of which applies a
+    /// time's policy changes before its events, so both see the policies in force at the
+    /// event's time.
+    pub fn trusts(&self, event: &Event) -> bool {
+        self.for_enterprise(&event.enterprise)
+            .is_some_and(|p| p.allow.allows(event.ip.as_deref(), event.asn))
     }
 }
 

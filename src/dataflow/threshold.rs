@@ -16,10 +16,11 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
-use super::decide::UserInput;
-use super::ops::{hold_at, hold_earliest, ordered_binary, Contents};
+use super::ops::{hold_at, hold_earliest, ordered_binary, Contents, PolicyView};
+use crate::model::decision::{Policy, PolicyScope};
 use crate::model::{
-    explain_threshold, Anomaly, ArcStr, Baseline, EventId, Evidence, Rule, ShapeId, Time,
+    explain_threshold, Anomaly, ArcStr, Baseline, EventId, Evidence, Rule, ShapeId, SharedEvent,
+    Time,
 };
 
 /// A counting key: (enterprise, rule shape, group key).
@@ -65,23 +66,26 @@ pub struct ThresholdState<'s> {
     pub baselines: VecCollection<'s, Time, ((ArcStr, ShapeId, Rule), Baseline), isize>,
 }
 
-/// Builds the threshold detectors over the screened `events` (those an allow-list trusts are
-/// not counted) and `rules`; returns the stream of anomalies, each at its `detected_at` time.
+/// Builds the threshold detectors over `events` and `rules` (events an allow-list in force
+/// among `policies` trusts are not counted); returns the stream of anomalies, each at its
+/// `detected_at` time.
 pub fn detect<'s>(
-    events: VecCollection<'s, Time, UserInput, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
+    policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
 ) -> VecCollection<'s, Time, Anomaly, isize> {
-    detect_with_state(events, rules, false).0
+    detect_with_state(events, rules, policies, false).0
 }
 
 /// [`detect`], also returning the live baselines, and the live window counts when `with_counts`
 /// is set (otherwise that collection stays empty: a replay has no use for it).
 pub fn detect_with_state<'s>(
-    events: VecCollection<'s, Time, UserInput, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
+    policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
     with_counts: bool,
 ) -> (VecCollection<'s, Time, Anomaly, isize>, ThresholdState<'s>) {
-    let matched = match_rules(events, rules.clone());
+    let matched = match_rules(events, rules.clone(), policies);
 
     // Rule parameters by shape: a rule is in force while its shape has an entry here.
     let params = rules
@@ -437,22 +441,48 @@ fn bucket_counts<'s>(
         .as_collection()
 }
 
-/// Matches each event against the rules in force at its time (an as-of join): the rules
-/// collection is broadcast, and a time's events are matched once both inputs have passed it.
+/// What rule matching reads broadcast: the rules, and the policies, whose allow-lists keep the
+/// events they trust out of every count.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+enum MatchSetting {
+    Rule(Rule),
+    Policy(PolicyScope, Policy),
+}
+
+/// Matches each event against the rules in force at its time (an as-of join), leaving out the
+/// events an allow-list in force at that time trusts: the rules and the policies are broadcast,
+/// and a time's events are matched once both inputs have passed it, after that time's rule and
+/// policy changes. The verdict is asked here and in the per-user stage, where it is used, rather
+/// than once in an operator of its own in front of both: that was one more ordered pass over
+/// every event (README, "The screen round").
 fn match_rules<'s>(
-    events: VecCollection<'s, Time, UserInput, isize>,
+    events: VecCollection<'s, Time, SharedEvent, isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
+    policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
 ) -> VecCollection<'s, Time, (CKey, Counted), isize> {
+    let settings = rules
+        .map(MatchSetting::Rule)
+        .concat(policies.map(|(scope, policy)| MatchSetting::Policy(scope, policy)));
     let mut in_force: Contents<Rule> = Contents::default();
+    let mut policies_now = PolicyView::default();
     let mut by_action: HashMap<String, Vec<(Rule, ShapeId)>> = HashMap::new();
     ordered_binary(
         events.inner,
-        rules.inner.broadcast(),
+        settings.inner.broadcast(),
         Pipeline,
         Pipeline,
         "MatchRules",
         move |at, out| {
-            if in_force.apply(at.right.drain(..)) {
+            let mut rule_changes = Vec::new();
+            let mut policy_changes = Vec::new();
+            for (setting, diff) in at.right.drain(..) {
+                match setting {
+                    MatchSetting::Rule(rule) => rule_changes.push((rule, diff)),
+                    MatchSetting::Policy(scope, p) => policy_changes.push(((scope, p), diff)),
+                }
+            }
+            policies_now.apply(policy_changes);
+            if in_force.apply(rule_changes) {
                 by_action.clear();
                 for rule in in_force.present() {
                     for action in &rule.actions {
@@ -463,14 +493,15 @@ fn match_rules<'s>(
                     }
                 }
             }
-            for (input, diff) in at.left.drain(..) {
-                // Events an allow-list trusts enter no count.
-                let UserInput::Event(event, false) = input else {
-                    continue;
-                };
+            for (event, diff) in at.left.drain(..) {
                 let Some(rules) = by_action.get(event.action.as_str()) else {
                     continue;
                 };
+                // Events an allow-list trusts enter no count (asked only of events a rule
+                // matches).
+                if policies_now.trusts(&event) {
+                    continue;
+                }
                 for (rule, shape) in rules {
                     if let Some(group) = rule.group_by.key(&event) {
                         let key = (event.enterprise.clone(), *shape, group.clone());
