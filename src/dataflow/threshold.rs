@@ -85,7 +85,9 @@ pub fn detect_with_state<'s>(
     policies: VecCollection<'s, Time, (PolicyScope, Policy), isize>,
     with_counts: bool,
 ) -> (VecCollection<'s, Time, Anomaly, isize>, ThresholdState<'s>) {
-    let matched = match_rules(events, rules.clone(), policies);
+    // Each counted record crosses to the worker that owns its key once; the three keyed
+    // operators below (`WindowCounts`, `BucketCounts`, `EpisodeStart`) read it there.
+    let matched = by_key(match_rules(events, rules.clone(), policies));
 
     // Rule parameters by shape: a rule is in force while its shape has an entry here.
     let params = rules
@@ -96,11 +98,7 @@ pub fn detect_with_state<'s>(
     // Live counts c(k, t): each counted event is present for [t, t + W). Counted, and kept only
     // where some rule of the key's shape could find them over its threshold (no threshold is
     // below min(floor, default)), in one operator that also expires them: see [`window_counts`].
-    let (counts, high) = window_counts(
-        matched.clone().map(|(key, c)| (key, c.window)),
-        rules,
-        with_counts,
-    );
+    let (counts, high) = window_counts(matched.clone(), rules, with_counts);
 
     // Baseline buckets: the count of key k in bucket [bW, (b+1)W) is present for
     // [(b+1)W, (b+1)W + H): see [`bucket_counts`].
@@ -225,7 +223,7 @@ enum WindowOut {
 /// once), so each rule joins with multiplicity one, as the join did.
 #[allow(clippy::type_complexity)]
 fn window_counts<'s>(
-    entering: VecCollection<'s, Time, (CKey, u64), isize>,
+    entering: VecCollection<'s, Time, (CKey, Counted), isize>,
     rules: VecCollection<'s, Time, Rule, isize>,
     with_counts: bool,
 ) -> (
@@ -269,10 +267,13 @@ fn window_counts<'s>(
     // Per window length, the leaving updates in time order: (time, key, diff).
     let mut leaving: Vec<(u64, VecDeque<(Time, CKey, isize)>)> = Vec::new();
     let mut deltas: Vec<(CKey, isize)> = Vec::new();
+    // A time's entering records as (key, window), consolidated.
+    let mut windows: Vec<((CKey, u64), isize)> = Vec::new();
     let out = ordered_binary(
         entering.inner,
         rules.inner.broadcast(),
-        Exchange::new(|((key, _), _, _): &((CKey, u64), Time, isize)| key.hashed()),
+        // Already routed by key ([`by_key`]).
+        Pipeline,
         Pipeline,
         "WindowCounts",
         move |at, out| {
@@ -286,8 +287,13 @@ fn window_counts<'s>(
                 }
                 rules_now = new;
             }
-            differential_dataflow::consolidation::consolidate(at.left);
-            for ((key, window), diff) in at.left.drain(..) {
+            windows.extend(
+                at.left
+                    .drain(..)
+                    .map(|((key, counted), diff)| ((key, counted.window), diff)),
+            );
+            differential_dataflow::consolidation::consolidate(&mut windows);
+            for ((key, window), diff) in windows.drain(..) {
                 // A record with no window is present at no time: it enters and leaves at once.
                 if window == 0 {
                     continue;
@@ -366,10 +372,10 @@ fn bucket_counts<'s>(
     matched: VecCollection<'s, Time, (CKey, Counted), isize>,
 ) -> VecCollection<'s, Time, ((CKey, u64), isize), isize> {
     type Bucket = (CKey, u64);
-    let route = |((key, _), _, _): &((CKey, Counted), Time, isize)| key.hashed();
     matched
         .inner
-        .unary_frontier(Exchange::new(route), "BucketCounts", |_, _| {
+        // Already routed by key ([`by_key`]).
+        .unary_frontier(Pipeline, "BucketCounts", |_, _| {
             // Close time -> (key, bucket) -> (count so far, the key's history).
             let mut open: BTreeMap<Time, HashMap<Bucket, (isize, u64)>> = BTreeMap::new();
             // Expiry time -> the counts emitted at the buckets' close, to retract then.
@@ -436,6 +442,28 @@ fn bucket_counts<'s>(
                     ready.is_empty(),
                     "BucketCounts: output without a capability"
                 );
+            }
+        })
+        .as_collection()
+}
+
+/// The counted records, each moved to the worker that owns its key: one exchange for the three
+/// keyed operators that read them, where each had routed them itself (three hashes of the key
+/// and three crossings per record). A container is handed on whole, not record by record.
+fn by_key<'s>(
+    matched: VecCollection<'s, Time, (CKey, Counted), isize>,
+) -> VecCollection<'s, Time, (CKey, Counted), isize> {
+    let route = |((key, _), _, _): &((CKey, Counted), Time, isize)| key.hashed();
+    matched
+        .inner
+        .unary(Exchange::new(route), "CountedByKey", |_, _| {
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data {
+                        session.give_container(batch);
+                    }
+                });
             }
         })
         .as_collection()
@@ -547,7 +575,8 @@ fn episodes<'s>(
         over.inner,
         matched.inner,
         Exchange::new(|(d, _, _): &((CKey, Over), Time, isize)| d.0.hashed()),
-        Exchange::new(|(d, _, _): &((CKey, Counted), Time, isize)| d.0.hashed()),
+        // Already routed by key ([`by_key`]).
+        Pipeline,
         "EpisodeStart",
         move |at, out| {
             for ((key, counted), diff) in at.right.drain(..) {
