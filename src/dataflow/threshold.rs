@@ -1,8 +1,9 @@
 //! Threshold rules with per-enterprise dynamic thresholds (DESIGN 4.1) as differential dataflow:
-//! events are matched against the rules collection as they are processed, kept in sliding windows
-//! and in baseline buckets that enter at their close and leave after the history, the baseline
-//! quantile is a reduce over (value, multiplicity) pairs, and episodes are the moments a key's
-//! membership in the "over threshold" collection begins.
+//! events are matched against the rules collection as they are processed (those an allow-list
+//! in force trusts are left out, DESIGN 4.3), kept in sliding windows and in baseline buckets
+//! that enter at their close and leave after the history, the baseline quantile is a reduce over
+//! (value, multiplicity) pairs, and episodes are the moments a key's membership in the "over
+//! threshold" collection begins.
 
 use differential_dataflow::difference::IsZero;
 use differential_dataflow::{AsCollection, Hashable, VecCollection};
