@@ -363,8 +363,9 @@ fn window_counts<'s>(
 /// the history H, where n is the number of the key's counted events in [bW, (b+1)W) (W and H are
 /// the key's shape's). The same collection as delaying each counted (key, b) to the bucket's
 /// close, retracting it H later, and `count_total` over the arranged result, in one operator
-/// routed by key: a map per open bucket's close counts the events, and when the input has
-/// passed the close, each count is emitted and its retraction kept until H later. The counted
+/// on the key's worker (its input routed by [`by_key`]): a map per open bucket's close counts
+/// the events, and when the input has passed the close, each count is emitted and its
+/// retraction kept until H later. The counted
 /// events are never held, only the counts. Before, a delay held every counted event until its
 /// bucket closed, consolidating them by sorting, and the closed counts went through a second
 /// delay, an arrangement and `count_total`: cutting that path off took about a fifth off a
