@@ -68,7 +68,15 @@ pub struct LiveState {
 impl LiveState {
     fn apply(&mut self, update: StateUpdate, diff: isize) {
         match update {
-            StateUpdate::Count((enterprise, shape, key), n) => {
+            StateUpdate::Count(
+                CKey {
+                    enterprise,
+                    shape,
+                    group: key,
+                    ..
+                },
+                n,
+            ) => {
                 let counts = self.counts.entry(enterprise).or_default();
                 if diff > 0 {
                     counts.insert((shape, key), n);

@@ -24,8 +24,74 @@ use crate::model::{
     Time,
 };
 
-/// A counting key: (enterprise, rule shape, group key).
-pub type CKey = (ArcStr, ShapeId, ArcStr);
+/// A counting key: (enterprise, rule shape, group key), with its hash worked out once.
+///
+/// Every counted record carries its key through four keyed steps on its key's worker (the
+/// exchange that takes it there, `WindowCounts`' map and its two consolidations, `BucketCounts`'
+/// map, `EpisodeStart`'s map) and each hashed or compared the key's texts again. The hash is
+/// now made once, where the key is made ([`CKey::new`]): it is the key's exchange route
+/// (`Hashable::hashed` of the (enterprise, shape, group) tuple, the same in every process, as
+/// the route was before), maps hash only it, and comparisons look at it first, so two keys are
+/// told apart without reading their texts. Equal keys have equal hashes, so equality is still
+/// the texts'; the order is by hash first, then the texts: a fixed order, not the texts' own
+/// (no result depends on the order in which a time's keys are visited).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CKey {
+    hash: u64,
+    pub enterprise: ArcStr,
+    pub shape: ShapeId,
+    pub group: ArcStr,
+}
+
+impl CKey {
+    pub fn new(enterprise: ArcStr, shape: ShapeId, group: ArcStr) -> CKey {
+        CKey {
+            hash: (&enterprise, shape, &group).hashed(),
+            enterprise,
+            shape,
+            group,
+        }
+    }
+
+    /// The worker that owns the key: every keyed operator routes by this.
+    pub fn route(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl PartialEq for CKey {
+    fn eq(&self, other: &CKey) -> bool {
+        self.hash == other.hash
+            && self.shape == other.shape
+            && self.enterprise == other.enterprise
+            && self.group == other.group
+    }
+}
+
+impl Eq for CKey {}
+
+impl std::hash::Hash for CKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl Ord for CKey {
+    fn cmp(&self, other: &CKey) -> std::cmp::Ordering {
+        (self.hash, self.shape, &self.enterprise, &self.group).cmp(&(
+            other.hash,
+            other.shape,
+            &other.enterprise,
+            &other.group,
+        ))
+    }
+}
+
+impl PartialOrd for CKey {
+    fn partial_cmp(&self, other: &CKey) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 /// A matched event as the windows and baselines keep it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -107,7 +173,7 @@ pub fn detect_with_state<'s>(
 
     // Per (enterprise, shape, rule in force): the samples' size and nearest-rank quantile.
     let baselines = bucket_counts
-        .map(|(((enterprise, shape, _), _), n)| (shape, (enterprise, n as u64)))
+        .map(|((key, _), n)| (key.shape, (key.enterprise, n as u64)))
         .arrange_by_key_named("SamplesByShape")
         .join_core(params.clone(), |shape, (enterprise, n), rule| {
             Some(((enterprise.clone(), *shape, rule.clone()), *n))
@@ -138,23 +204,23 @@ pub fn detect_with_state<'s>(
     let baselines_out = baselines.clone();
     let high_arranged = high.clone().arrange_by_key_named("HighCounts");
     let baselines_arranged = baselines.clone().arrange_by_key_named("Baselines");
-    let over_dynamic = high_arranged.clone().join_core(
-        baselines_arranged,
-        |(enterprise, shape, rule), (group, c), baseline| {
-            let threshold = rule.eval.threshold(baseline);
-            (*c > threshold).then(|| {
-                (
-                    (enterprise.clone(), *shape, group.clone()),
-                    Over {
-                        observed: *c,
-                        threshold,
-                        baseline: baseline.clone(),
-                        rule: rule.clone(),
-                    },
-                )
-            })
-        },
-    );
+    let over_dynamic =
+        high_arranged
+            .clone()
+            .join_core(baselines_arranged, |(_, _, rule), (key, c), baseline| {
+                let threshold = rule.eval.threshold(baseline);
+                (*c > threshold).then(|| {
+                    (
+                        key.clone(),
+                        Over {
+                            observed: *c,
+                            threshold,
+                            baseline: baseline.clone(),
+                            rule: rule.clone(),
+                        },
+                    )
+                })
+            });
     // Keys whose (enterprise, rule) has no baseline samples at all use the default threshold.
     let with_baseline = high_arranged.join_core(
         baselines
@@ -162,23 +228,23 @@ pub fn detect_with_state<'s>(
             .arrange_by_self_named("BaselineKeys"),
         |key, value, ()| Some((key.clone(), value.clone())),
     );
-    let over_default =
-        high.concat(with_baseline.negate())
-            .flat_map(|((enterprise, shape, rule), (group, c))| {
-                let threshold = rule.eval.default_threshold;
-                (c > threshold).then_some((
-                    (enterprise, shape, group),
-                    Over {
-                        observed: c,
-                        threshold,
-                        baseline: Baseline {
-                            samples: 0,
-                            quantile: None,
-                        },
-                        rule,
+    let over_default = high
+        .concat(with_baseline.negate())
+        .flat_map(|((_, _, rule), (key, c))| {
+            let threshold = rule.eval.default_threshold;
+            (c > threshold).then_some((
+                key,
+                Over {
+                    observed: c,
+                    threshold,
+                    baseline: Baseline {
+                        samples: 0,
+                        quantile: None,
                     },
-                ))
-            });
+                    rule,
+                },
+            ))
+        });
     let over = over_dynamic.concat(over_default);
 
     let state = ThresholdState {
@@ -191,18 +257,19 @@ pub fn detect_with_state<'s>(
 /// A key's rule-independent part and a rule in force for its shape: what `high` counts are keyed by.
 type RuleKey = (ArcStr, ShapeId, Rule);
 
-/// A "high" count: ((enterprise, shape, rule), (group, count)).
-type HighCount = (RuleKey, (ArcStr, u64));
+/// A "high" count: ((enterprise, shape, rule), (key, count)); the value holds the whole key
+/// (with its hash) for the "over" records the joins below make of it.
+type HighCount = (RuleKey, (CKey, u64));
 
 /// What [`window_counts`] emits: a key's window count, and a count that may be over a threshold.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum WindowOut {
     Count(CKey, isize),
-    High(RuleKey, (ArcStr, u64)),
+    High(RuleKey, (CKey, u64)),
 }
 
 /// The live window counts, and the "high" counts: for each rule in force of the key's shape,
-/// ((enterprise, shape, rule), (group, count)) while the count is over the rule's lowest possible
+/// ((enterprise, shape, rule), (key, count)) while the count is over the rule's lowest possible
 /// threshold. The same collections as `arrange_by_self` + `count_total` on the window updates,
 /// then a `join_core` of the counts arranged by shape with the rules arranged by shape and a
 /// filter, computed in one ordered operator. That pipeline kept two arrangements of every count
@@ -252,10 +319,13 @@ fn window_counts<'s>(
         }
         // As the join read count_total's output: the count as u64.
         let c = count as u64;
-        for rule in rules.get(&key.1).into_iter().flatten() {
+        for rule in rules.get(&key.shape).into_iter().flatten() {
             if c > rule.eval.lowest_threshold() {
                 out.push((
-                    ((key.0.clone(), key.1, rule.clone()), (key.2.clone(), c)),
+                    (
+                        (key.enterprise.clone(), key.shape, rule.clone()),
+                        (key.clone(), c),
+                    ),
                     diff,
                 ));
             }
@@ -455,7 +525,7 @@ fn bucket_counts<'s>(
 fn by_key<'s>(
     matched: VecCollection<'s, Time, (CKey, Counted), isize>,
 ) -> VecCollection<'s, Time, (CKey, Counted), isize> {
-    let route = |((key, _), _, _): &((CKey, Counted), Time, isize)| key.hashed();
+    let route = |((key, _), _, _): &((CKey, Counted), Time, isize)| key.route();
     matched
         .inner
         .unary(Exchange::new(route), "CountedByKey", |_, _| {
@@ -534,7 +604,7 @@ fn match_rules<'s>(
                 }
                 for (rule, shape) in rules {
                     if let Some(group) = rule.group_by.key(&event) {
-                        let key = (event.enterprise.clone(), *shape, group.clone());
+                        let key = CKey::new(event.enterprise.clone(), *shape, group.clone());
                         let counted = Counted {
                             window: rule.window,
                             history: rule.history,
@@ -576,7 +646,7 @@ fn episodes<'s>(
     ordered_binary(
         over.inner,
         matched.inner,
-        Exchange::new(|(d, _, _): &((CKey, Over), Time, isize)| d.0.hashed()),
+        Exchange::new(|(d, _, _): &((CKey, Over), Time, isize)| d.0.route()),
         // Already routed by key ([`by_key`]).
         Pipeline,
         "EpisodeStart",
@@ -662,7 +732,9 @@ fn episodes<'s>(
 }
 
 fn anomaly(key: &CKey, over: &Over, time: Time, recent: Option<&Recent>) -> Anomaly {
-    let (enterprise, _, group) = key;
+    let CKey {
+        enterprise, group, ..
+    } = key;
     if recent.is_none() {
         tracing::error!(
             enterprise = enterprise.as_str(),
@@ -710,5 +782,52 @@ fn anomaly(key: &CKey, over: &Over, time: Time, recent: Option<&Recent>) -> Anom
                 &over.baseline,
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    fn key(enterprise: &str, shape: u64, group: &str) -> CKey {
+        // Each text a fresh allocation: equal keys made apart share no pointers.
+        CKey::new(
+            ArcStr::from(enterprise.to_string()),
+            ShapeId(shape),
+            ArcStr::from(group.to_string()),
+        )
+    }
+
+    /// A key made twice from equal texts is one key (equal, same order, same hash and route),
+    /// and its route is the (enterprise, shape, group) tuple's `hashed()`: the exchange route
+    /// it had as a tuple, which every process computes alike.
+    #[test]
+    fn equal_texts_make_one_key_routed_as_the_tuple_was() {
+        let (a, b) = (key("E1", 7, "U1"), key("E1", 7, "U1"));
+        assert!(!ArcStr::ptr_eq(&a.group, &b.group));
+        assert_eq!(a, b);
+        assert_eq!(a.cmp(&b), Ordering::Equal);
+        assert_eq!(a.route(), b.route());
+        let tuple = (ArcStr::from("E1"), ShapeId(7), ArcStr::from("U1"));
+        assert_eq!(a.route(), tuple.hashed());
+        let mut map: HashMap<CKey, u32> = HashMap::new();
+        map.insert(a, 1);
+        assert_eq!(map.get(&b), Some(&1));
+    }
+
+    /// Keys that differ in any part are different keys, ordered one way round.
+    #[test]
+    fn keys_differing_in_any_part_differ() {
+        let a = key("E1", 7, "U1");
+        for other in [key("E2", 7, "U1"), key("E1", 8, "U1"), key("E1", 7, "U2")] {
+            assert_ne!(a, other);
+            assert_ne!(a.cmp(&other), Ordering::Equal);
+            assert_eq!(a.cmp(&other), other.cmp(&a).reverse());
+        }
+        let mut keys = vec![key("E1", 7, "U2"), key("E1", 7, "U1"), key("E1", 7, "U2")];
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), 2);
     }
 }
