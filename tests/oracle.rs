@@ -169,7 +169,7 @@ proptest! {
         let live_baselines: BTreeMap<_, _> = state
             .baselines
             .iter()
-            .flat_map(|(e, m)| m.iter().map(move |(shape, rb)| ((e.to_string(), *shape), rb.clone())))
+            .flat_map(|(e, m)| m.iter().map(move |(shape, rb)| ((e.to_string(), *shape), ((*rb.0).clone(), rb.1.clone()))))
             .collect();
         prop_assert_eq!(live_counts, counts);
         prop_assert_eq!(live_baselines, baselines);

@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::threshold::CKey;
+use super::threshold::{CKey, RuleKey, SharedRule};
 use super::{build, replace, EngineError, Inputs};
 use crate::model::decision::{Decision, Policies, Policy, PolicyScope};
 use crate::model::{Anomaly, ArcStr, Baseline, HeuristicParams, Rule, Sequenced, ShapeId, Time};
@@ -49,7 +49,7 @@ pub enum StateUpdate {
     /// The window count of (enterprise, shape, key).
     Count(CKey, u64),
     /// The baseline of (enterprise, shape, rule in force).
-    Baseline((ArcStr, ShapeId, Rule), Baseline),
+    Baseline(RuleKey, Baseline),
 }
 
 /// The live window counts and baselines, exactly as of `as_of` (updates are applied only once
@@ -62,7 +62,7 @@ pub struct LiveState {
     /// changes a count, and this runs on worker 0).
     pub counts: BTreeMap<ArcStr, BTreeMap<(ShapeId, ArcStr), u64>>,
     /// enterprise -> shape -> (the rule in force, its baseline).
-    pub baselines: BTreeMap<ArcStr, BTreeMap<ShapeId, (Rule, Baseline)>>,
+    pub baselines: BTreeMap<ArcStr, BTreeMap<ShapeId, (SharedRule, Baseline)>>,
 }
 
 impl LiveState {

@@ -123,14 +123,14 @@ pub struct Over {
     pub observed: u64,
     pub threshold: u64,
     pub baseline: Baseline,
-    pub rule: Rule,
+    pub rule: SharedRule,
 }
 
 /// What the threshold graph computes on the way, for the live API: the window count of every
 /// key, and the baseline of every (enterprise, shape, rule in force).
 pub struct ThresholdState<'s> {
     pub counts: VecCollection<'s, Time, (CKey, isize), isize>,
-    pub baselines: VecCollection<'s, Time, ((ArcStr, ShapeId, Rule), Baseline), isize>,
+    pub baselines: VecCollection<'s, Time, (RuleKey, Baseline), isize>,
 }
 
 /// Builds the threshold detectors over `events` and `rules` (events an allow-list in force
@@ -159,7 +159,7 @@ pub fn detect_with_state<'s>(
     // Rule parameters by shape: a rule is in force while its shape has an entry here.
     let params = rules
         .clone()
-        .map(|rule| (rule.shape(), rule))
+        .map(|rule| (rule.shape(), SharedRule::new(rule)))
         .arrange_by_key_named("RuleParams");
 
     // Live counts c(k, t): each counted event is present for [t, t + W). Counted, and kept only
@@ -255,7 +255,13 @@ pub fn detect_with_state<'s>(
 }
 
 /// A key's rule-independent part and a rule in force for its shape: what `high` counts are keyed by.
-type RuleKey = (ArcStr, ShapeId, Rule);
+pub type RuleKey = (ArcStr, ShapeId, SharedRule);
+
+/// A rule as the threshold graph's records hold it: one allocation per rule in force on each
+/// worker, so that the many records that name a rule (every "high" count change, every
+/// baseline sample, every "over" record) copy a pointer, not its name and action set.
+/// Equality, order and hashing are the rule's own.
+pub type SharedRule = std::sync::Arc<Rule>;
 
 /// A "high" count: ((enterprise, shape, rule), (key, count)); the value holds the whole key
 /// (with its hash) for the "over" records the joins below make of it.
@@ -298,11 +304,13 @@ fn window_counts<'s>(
     VecCollection<'s, Time, (CKey, isize), isize>,
     VecCollection<'s, Time, HighCount, isize>,
 ) {
-    type ByShape = HashMap<ShapeId, Vec<Rule>>;
+    type ByShape = HashMap<ShapeId, Vec<SharedRule>>;
     fn by_shape(rules: &Contents<Rule>) -> ByShape {
         let mut map = ByShape::new();
         for rule in rules.present() {
-            map.entry(rule.shape()).or_default().push(rule.clone());
+            map.entry(rule.shape())
+                .or_default()
+                .push(SharedRule::new(rule.clone()));
         }
         map
     }
