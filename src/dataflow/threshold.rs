@@ -257,10 +257,11 @@ pub fn detect_with_state<'s>(
 /// A key's rule-independent part and a rule in force for its shape: what `high` counts are keyed by.
 pub type RuleKey = (ArcStr, ShapeId, SharedRule);
 
-/// A rule as the threshold graph's records hold it: one allocation per rule in force on each
-/// worker, so that the many records that name a rule (every "high" count change, every
-/// baseline sample, every "over" record) copy a pointer, not its name and action set.
-/// Equality, order and hashing are the rule's own.
+/// A rule as the threshold graph's records hold it: allocated when the rules change (where the
+/// rule parameters are keyed by shape, and in `WindowCounts`' rules by shape), so that the many
+/// records that name a rule (every "high" count change, every baseline sample, every "over"
+/// record) copy a pointer, not its name and action set. Equality, order and hashing are the
+/// rule's own. (Between processes of a cluster a record's rule is serialized whole, as before.)
 pub type SharedRule = std::sync::Arc<Rule>;
 
 /// A "high" count: ((enterprise, shape, rule), (key, count)); the value holds the whole key
@@ -837,5 +838,23 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), 2);
+    }
+
+    /// Two keys whose hashes collide stay two keys: equality and order read the texts after the
+    /// hash, so a collision costs a comparison, never a merged count.
+    #[test]
+    fn colliding_hashes_do_not_merge_keys() {
+        let collide = |group: &str| CKey {
+            hash: 42,
+            ..key("E1", 7, group)
+        };
+        let (a, b) = (collide("U1"), collide("U2"));
+        assert_ne!(a, b);
+        assert_eq!(a.cmp(&b), Ordering::Less);
+        let mut map: HashMap<CKey, u32> = HashMap::new();
+        map.insert(a.clone(), 1);
+        map.insert(b, 2);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map.get(&a), Some(&1));
     }
 }
