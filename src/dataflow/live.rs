@@ -68,15 +68,8 @@ pub struct LiveState {
 impl LiveState {
     fn apply(&mut self, update: StateUpdate, diff: isize) {
         match update {
-            StateUpdate::Count(
-                CKey {
-                    enterprise,
-                    shape,
-                    group: key,
-                    ..
-                },
-                n,
-            ) => {
+            StateUpdate::Count(key, n) => {
+                let (enterprise, shape, key) = key.into_parts();
                 let counts = self.counts.entry(enterprise).or_default();
                 if diff > 0 {
                     counts.insert((shape, key), n);

@@ -38,9 +38,9 @@ use crate::model::{
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CKey {
     hash: u64,
-    pub enterprise: ArcStr,
-    pub shape: ShapeId,
-    pub group: ArcStr,
+    enterprise: ArcStr,
+    shape: ShapeId,
+    group: ArcStr,
 }
 
 impl CKey {
@@ -56,6 +56,12 @@ impl CKey {
     /// The worker that owns the key: every keyed operator routes by this.
     pub fn route(&self) -> u64 {
         self.hash
+    }
+
+    /// The key's texts and shape, (enterprise, shape, group). The fields are private, so a key's
+    /// parts cannot change under its hash.
+    pub fn into_parts(self) -> (ArcStr, ShapeId, ArcStr) {
+        (self.enterprise, self.shape, self.group)
     }
 }
 
